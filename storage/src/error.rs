@@ -1,0 +1,155 @@
+//! Errors of the storage layer, one enum per operation. Each variant says when it
+//! happens; [`AppendError::is_retryable`] sorts appends into "try again later"
+//! versus "this will not succeed".
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Opening a log failed. Damage to segments is never an `OpenError`: it is repaired
+/// or skipped and listed in the [`RecoveryReport`](crate::RecoveryReport).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The configuration is inconsistent (the message names the setting).
+    #[error("invalid storage configuration: {0}")]
+    Config(String),
+    /// Another process (or another `Wal` in this process) has the directory open.
+    #[error(
+        "data directory {dir} is in use by another tracespool process (lock {dir}/LOCK is held)"
+    )]
+    Locked { dir: PathBuf },
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A segment with an intact header was written by a newer, incompatible format.
+    #[error("segment {path} has format version {found}; this build reads version {supported}. Run the tracespool version that wrote it, or move the data directory aside")]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    /// The sled metadata store could not be opened or read.
+    #[error("metadata store {path}: {source}")]
+    Meta {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+}
+
+/// Why there was no room for a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FullReason {
+    /// The segment files would exceed `max_bytes`.
+    Budget {
+        used: u64,
+        needed: u64,
+        max_bytes: u64,
+    },
+    /// The filesystem would be left with less than `min_free_bytes` available.
+    MinFree {
+        available: u64,
+        needed: u64,
+        min_free_bytes: u64,
+    },
+    /// The operating system reported that the filesystem is full (`ENOSPC`/`EDQUOT`).
+    /// Nothing was kept of the failed write.
+    NoSpace { path: PathBuf, detail: String },
+}
+
+impl std::fmt::Display for FullReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Budget { used, needed, max_bytes } => write!(
+                f,
+                "disk budget full: {used} of {max_bytes} bytes used, record needs {needed}"
+            ),
+            Self::MinFree { available, needed, min_free_bytes } => write!(
+                f,
+                "filesystem has {available} bytes available, record needs {needed} and {min_free_bytes} must stay free"
+            ),
+            Self::NoSpace { path, detail } => {
+                write!(f, "no space left on the filesystem writing {}: {detail}", path.display())
+            }
+        }
+    }
+}
+
+/// An append did not make its record durable. Nothing of the record is in the log.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AppendError {
+    /// No room under `when_full = backpressure`, or the filesystem is full. Retry later;
+    /// appends succeed again once segments are delivered or space returns.
+    #[error("{0}")]
+    Full(FullReason),
+    /// The record can never fit (payload over `max_record_bytes`, or frame over the
+    /// whole budget).
+    #[error("record of {bytes} bytes exceeds the limit of {limit} bytes ({what})")]
+    TooLarge {
+        bytes: u64,
+        limit: u64,
+        what: &'static str,
+    },
+    /// The log stopped accepting writes after an I/O error it cannot safely recover
+    /// from (a failed fsync, a failed write other than out-of-space). Every later
+    /// append fails the same way until the process restarts and recovery runs.
+    #[error("write-ahead log failed and accepts no more appends until restart: {cause}")]
+    Failed { cause: Arc<str> },
+    /// The log was closed.
+    #[error("write-ahead log is closed")]
+    Closed,
+}
+
+impl AppendError {
+    /// True when the same append may succeed later (backpressure), false when it
+    /// cannot (too large, or the log has failed).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Full(_))
+    }
+}
+
+/// A read failed for a reason other than damage (damage is reported as a
+/// [`Gap`](crate::Gap) and reading continues).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("write-ahead log is closed")]
+    Closed,
+}
+
+/// A cursor operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CursorError {
+    /// An ack further ahead of the cursor's contiguous position than `ack_window`.
+    #[error("ack of seq {seq} is outside the window of cursor {cursor:?} (position {position}, window {window})")]
+    OutOfWindow {
+        cursor: String,
+        seq: u64,
+        position: u64,
+        window: u64,
+    },
+    /// An ack for a sequence number that was never appended.
+    #[error("ack of seq {seq} on cursor {cursor:?}, but the log ends at seq {last_seq}")]
+    BeyondEnd {
+        cursor: String,
+        seq: u64,
+        last_seq: u64,
+    },
+    #[error("cursor {cursor:?}: metadata store: {source}")]
+    Meta {
+        cursor: String,
+        #[source]
+        source: sled::Error,
+    },
+}

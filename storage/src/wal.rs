@@ -1,0 +1,404 @@
+//! The public handle on a log.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::{oneshot, watch, Semaphore};
+
+use crate::config::WalConfig;
+use crate::cursor::{Cursor, CursorState};
+use crate::error::{AppendError, CursorError, OpenError};
+use crate::format::{frame_len, MAX_KEY_LEN};
+use crate::fsutil::{lock_dir, LockError};
+use crate::meta::Meta;
+use crate::queue::CommandQueue;
+use crate::reader::Reader;
+use crate::recovery::{ensure_layout, recover};
+use crate::shared::{Shared, Watermark};
+use crate::types::{
+    Appended, CursorStart, LostRange, NewRecord, RecoveryReport, WalEvent, WalStats,
+};
+use crate::writer::{AppendRequest, Command, Writer};
+
+/// A write-ahead log. Cheap to clone; all clones share one writer thread.
+///
+/// Dropping the last clone shuts the writer down cleanly (as [`Wal::close`] does,
+/// but blocking the dropping thread briefly).
+#[derive(Clone)]
+pub struct Wal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    commands: Arc<CommandQueue>,
+    /// Bounds the bytes of appends waiting for the writer (`write_queue_bytes`).
+    queue: Arc<Semaphore>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let (tx, _rx) = oneshot::channel();
+        let _ = self.commands.push(Command::Shutdown(tx));
+        if let Some(handle) = self.writer.lock().unwrap().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.inner.shared.cfg.dir)
+            .finish()
+    }
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `cfg.dir`, recovering from whatever state
+    /// a crash left. Blocking: it reads the active segment and syncs it.
+    pub fn open(cfg: WalConfig) -> Result<(Self, RecoveryReport), OpenError> {
+        let started = Instant::now();
+        cfg.validate().map_err(OpenError::Config)?;
+        let (wal_dir, quarantine_dir) = ensure_layout(&cfg)?;
+        let lock = lock_dir(&cfg.dir).map_err(|e| match e {
+            LockError::Held => OpenError::Locked {
+                dir: cfg.dir.clone(),
+            },
+            LockError::Io(source) => OpenError::Io {
+                op: "lock",
+                path: cfg.dir.join("LOCK"),
+                source,
+            },
+        })?;
+        let meta = Meta::open(&cfg.dir.join("meta"))?;
+        let mut report = RecoveryReport::default();
+        let rec = recover(&cfg, &wal_dir, &quarantine_dir, &meta, &mut report)?;
+
+        let meta_err = |source| OpenError::Meta {
+            path: cfg.dir.join("meta"),
+            source,
+        };
+        let cursors: BTreeMap<String, Arc<CursorState>> = meta
+            .cursor_positions()
+            .map_err(meta_err)?
+            .into_iter()
+            .map(|(name, pos)| (name.clone(), Arc::new(CursorState::new(name, pos))))
+            .collect();
+        let known_damage: HashSet<(u64, u64)> = meta
+            .damage()
+            .map_err(meta_err)?
+            .iter()
+            .map(|l| (l.segment, l.offset))
+            .collect();
+        let watermark = Watermark {
+            last_seq: rec.next_seq - 1,
+            active_segment: rec.active.first_seq,
+            active_len: rec.active.len,
+        };
+        report.segments = rec.table.len();
+        report.first_seq = rec
+            .table
+            .first()
+            .map(|e| e.first_seq)
+            .unwrap_or(rec.next_seq);
+        report.next_seq = rec.next_seq;
+        let total = rec.table.total_bytes();
+        let (wm_tx, wm_rx) = watch::channel(watermark);
+        let shared = Arc::new(Shared {
+            wal_dir,
+            meta,
+            table: RwLock::new(rec.table),
+            watermark: wm_rx,
+            cursors: RwLock::new(cursors),
+            evicted_below: AtomicU64::new(0),
+            known_damage: Mutex::new(known_damage),
+            events: Mutex::new(None),
+            syncs: AtomicU64::new(0),
+            synced_records: AtomicU64::new(0),
+            failed: OnceLock::new(),
+            _lock: lock,
+            cfg,
+        });
+        for lost in &rec.lost {
+            if shared.report_damage(lost) {
+                report.lost.push(lost.clone());
+            }
+        }
+        if total > shared.cfg.max_bytes {
+            tracing::warn!(
+                bytes = total,
+                max_bytes = shared.cfg.max_bytes,
+                "log is larger than its budget (was max_bytes lowered?)"
+            );
+        }
+
+        let queue = Arc::new(CommandQueue::default());
+        let writer = Writer::new(
+            shared.clone(),
+            wm_tx,
+            queue.clone(),
+            rec.wal_id,
+            rec.active,
+            rec.next_seq,
+        );
+        let handle = std::thread::Builder::new()
+            .name("tracespool-wal-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|source| OpenError::Io {
+                op: "spawn writer thread for",
+                path: shared.wal_dir.clone(),
+                source,
+            })?;
+        let queue_bytes = usize::try_from(shared.cfg.write_queue_bytes)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        report.duration = started.elapsed();
+        tracing::info!(
+            dir = %shared.cfg.dir.display(),
+            segments = report.segments,
+            bytes = total,
+            first_seq = report.first_seq,
+            next_seq = report.next_seq,
+            torn_tail_bytes = report.torn_tail.as_ref().map(|t| t.bytes).unwrap_or(0),
+            lost_ranges = report.lost.len(),
+            open_ms = report.duration.as_secs_f64() * 1000.0,
+            "write-ahead log opened"
+        );
+        let wal = Self {
+            inner: Arc::new(Inner {
+                shared,
+                commands: queue,
+                queue: Arc::new(Semaphore::new(queue_bytes)),
+                writer: Mutex::new(Some(handle)),
+            }),
+        };
+        Ok((wal, report))
+    }
+
+    pub fn config(&self) -> &WalConfig {
+        &self.inner.shared.cfg
+    }
+
+    /// Appends a record; resolves once it is durable under the configured fsync
+    /// policy. Concurrent calls share one `fdatasync` (group commit).
+    ///
+    /// If the future is dropped after the request was queued, the record may still
+    /// be written: the caller just does not learn its seq.
+    pub async fn append(&self, record: NewRecord) -> Result<Appended, AppendError> {
+        let shared = &self.inner.shared;
+        if let Some(cause) = shared.failed.get() {
+            return Err(AppendError::Failed {
+                cause: cause.clone(),
+            });
+        }
+        if record.idempotency_key.len() > MAX_KEY_LEN {
+            return Err(AppendError::TooLarge {
+                bytes: record.idempotency_key.len() as u64,
+                limit: MAX_KEY_LEN as u64,
+                what: "idempotency key",
+            });
+        }
+        if record.payload.len() as u64 > shared.cfg.max_record_bytes {
+            return Err(AppendError::TooLarge {
+                bytes: record.payload.len() as u64,
+                limit: shared.cfg.max_record_bytes,
+                what: "payload over max_record_bytes",
+            });
+        }
+        let cost = frame_len(record.idempotency_key.len(), record.payload.len())
+            .min(shared.cfg.write_queue_bytes)
+            .min(u32::MAX as u64) as u32;
+        let permit = self
+            .inner
+            .queue
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .push(Command::Append(AppendRequest {
+                record,
+                reply,
+                permit,
+            }))
+            .map_err(|_| self.closed_error())?;
+        answer.await.map_err(|_| self.closed_error())?
+    }
+
+    fn closed_error(&self) -> AppendError {
+        match self.inner.shared.failed.get() {
+            Some(cause) => AppendError::Failed {
+                cause: cause.clone(),
+            },
+            None => AppendError::Closed,
+        }
+    }
+
+    /// A reader starting at `from_seq` (not tied to any cursor).
+    pub fn reader(&self, from_seq: u64) -> Reader {
+        Reader::new(self.inner.shared.clone(), from_seq)
+    }
+
+    /// The cursor called `name`, created at `start` if it does not exist yet. A
+    /// cursor exists until [`Wal::remove_cursor`]; while it exists, segments it has
+    /// not passed are kept (within the budget).
+    pub fn cursor(&self, name: &str, start: CursorStart) -> Result<Cursor, CursorError> {
+        let shared = &self.inner.shared;
+        if let Some(state) = shared.cursors.read().unwrap().get(name) {
+            return Ok(Cursor {
+                shared: shared.clone(),
+                state: state.clone(),
+            });
+        }
+        let mut cursors = shared.cursors.write().unwrap();
+        if let Some(state) = cursors.get(name) {
+            return Ok(Cursor {
+                shared: shared.clone(),
+                state: state.clone(),
+            });
+        }
+        let wm = *shared.watermark.borrow();
+        let position = match start {
+            CursorStart::Latest => wm.last_seq,
+            CursorStart::Oldest => {
+                let first = shared
+                    .table
+                    .read()
+                    .unwrap()
+                    .first()
+                    .map(|e| e.first_seq)
+                    .unwrap_or(wm.last_seq + 1);
+                first.max(shared.evicted_below()).max(1) - 1
+            }
+        };
+        let meta_err = |source| CursorError::Meta {
+            cursor: name.to_string(),
+            source,
+        };
+        shared.meta.set_cursor(name, position).map_err(meta_err)?;
+        shared.meta.flush().map_err(meta_err)?;
+        let state = Arc::new(CursorState::new(name.to_string(), position));
+        cursors.insert(name.to_string(), state.clone());
+        tracing::info!(cursor = name, position, "cursor created");
+        Ok(Cursor {
+            shared: shared.clone(),
+            state,
+        })
+    }
+
+    /// Names and positions of all cursors.
+    pub fn cursor_positions(&self) -> Vec<(String, u64)> {
+        self.inner
+            .shared
+            .cursors
+            .read()
+            .unwrap()
+            .values()
+            .map(|c| (c.name.clone(), c.position()))
+            .collect()
+    }
+
+    /// Deletes a cursor (a destination that was removed), so it no longer holds
+    /// segments back. Returns whether it existed.
+    pub fn remove_cursor(&self, name: &str) -> Result<bool, CursorError> {
+        let shared = &self.inner.shared;
+        let existed = shared.cursors.write().unwrap().remove(name).is_some();
+        shared
+            .meta
+            .remove_cursor(name)
+            .map_err(|source| CursorError::Meta {
+                cursor: name.to_string(),
+                source,
+            })?;
+        Ok(existed)
+    }
+
+    /// The stream of loss events (evictions, newly found damage). Can be taken once;
+    /// events before the first call are not queued (damage found at open is in the
+    /// [`RecoveryReport`]).
+    pub fn take_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<WalEvent>> {
+        let mut slot = self.inner.shared.events.lock().unwrap();
+        if slot.is_some() {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *slot = Some(tx);
+        Some(rx)
+    }
+
+    /// Every damaged range known to this log, including those found in earlier runs.
+    pub fn damage(&self) -> Vec<LostRange> {
+        self.inner.shared.meta.damage().unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> WalStats {
+        let shared = &self.inner.shared;
+        let wm = *shared.watermark.borrow();
+        let table = shared.table.read().unwrap();
+        WalStats {
+            segments: table.len(),
+            bytes: table.total_bytes(),
+            max_bytes: shared.cfg.max_bytes,
+            first_seq: table
+                .first()
+                .map(|e| e.first_seq)
+                .unwrap_or(wm.last_seq + 1)
+                .max(shared.evicted_below())
+                .min(wm.last_seq + 1),
+            last_seq: wm.last_seq,
+            cursors: self.cursor_positions(),
+            syncs: shared.syncs.load(Ordering::Relaxed),
+            synced_records: shared.synced_records.load(Ordering::Relaxed),
+            failed: shared.failed.get().map(|c| c.to_string()),
+        }
+    }
+
+    /// Seals the active segment now (if it holds records) and starts a new one.
+    pub async fn rotate(&self) -> Result<(), AppendError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .push(Command::Rotate(tx))
+            .map_err(|_| self.closed_error())?;
+        rx.await.map_err(|_| self.closed_error())?
+    }
+
+    /// Runs retention now instead of at the next tick (at most a second away).
+    pub async fn maintain(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.commands.push(Command::Maintain(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Makes cursor positions durable now.
+    pub fn flush(&self) -> Result<(), sled::Error> {
+        self.inner.shared.meta.flush()
+    }
+
+    /// The metadata database, for callers that keep small metadata of their own
+    /// (never payloads) beside the log's, in trees of their own.
+    pub fn metadata_db(&self) -> sled::Db {
+        self.inner.shared.meta.db().clone()
+    }
+
+    /// Commits what is queued, syncs (whatever the policy), persists cursors and
+    /// stops the writer. Appends on other clones fail with `Closed` afterwards.
+    pub async fn close(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.commands.push(Command::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.inner.writer.lock().unwrap().take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}

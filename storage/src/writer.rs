@@ -1,0 +1,1019 @@
+//! The writer thread: the only code that creates, writes, syncs, seals and deletes
+//! segment files.
+//!
+//! Group commit: `append` callers queue requests on a channel; the writer takes the
+//! first one, then everything else already queued (bounded by `write_queue_bytes`),
+//! encodes the headers of the whole group, writes headers and payloads with one
+//! `pwritev` (payloads are not copied), makes it
+//! durable with one `fdatasync`, publishes the new watermark to readers, and only
+//! then answers every caller of the group. While it syncs, the next group queues up.
+//!
+//! Steps in fsync order (the code carries these labels):
+//!
+//! - W1 write the group's frames at the end of the active segment
+//! - W2 `fdatasync` the active segment (under `always`: before answering)
+//! - W3 publish the watermark, answer the callers
+//! - S1 seal: `fdatasync` the full segment before starting a new one
+//! - C1 create `<seq>.seg.tmp` (0600) · C2 write the header · C3 `fdatasync` it
+//! - C4 rename to `<seq>.seg` · C5 `fsync` the directory
+//! - D1 unlink a deleted segment · D2 `fsync` the directory
+//!
+//! A failed `fdatasync` or a failed write other than out-of-space is final: the log
+//! records the cause and refuses every later append (the kernel may already have
+//! dropped the dirty pages, so retrying could report data durable that is not).
+//! Out of space is not final: the partial write is cut off and the group fails with
+//! [`AppendError::Full`]; later appends succeed once space returns.
+
+use std::fs::{self, File};
+use std::io::{self, IoSlice};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
+
+use crate::config::{FsyncPolicy, WhenFull};
+use crate::error::{AppendError, FullReason};
+use crate::failpoints::{os_error, Action};
+use crate::format::{encode_head, frame_len, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::fsutil::{self, available_bytes, create_new_owner_only, is_out_of_space, sync_dir};
+use crate::queue::CommandQueue;
+use crate::segment::{scan_at, segment_path, Scan, SegmentEntry, SegmentMap, RECORDS_START};
+use crate::shared::{Shared, Watermark};
+use crate::types::{nanos_since_epoch, Appended, CursorLoss, Eviction, NewRecord, WalEvent};
+
+/// A chunk of records is written out when it reaches this size or record count
+/// (one `pwritev` takes at most 1024 slices, two per record).
+const CHUNK_BYTES: usize = 4 << 20;
+const MAX_CHUNK_RECORDS: usize = 4096;
+/// While a group gathers, what has arrived is written in steps of this many records.
+const GATHER_STEP: usize = 16;
+/// Longest a group waits for more members before it is written.
+const MAX_GROUP_WAIT: Duration = Duration::from_millis(1);
+/// How often retention runs when the writer is otherwise idle.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+
+pub(crate) type AppendReply = oneshot::Sender<Result<Appended, AppendError>>;
+
+pub(crate) enum Command {
+    Append(AppendRequest),
+    /// Seal the active segment now (if it holds records) and start a new one.
+    Rotate(oneshot::Sender<Result<(), AppendError>>),
+    /// Run retention now.
+    Maintain(oneshot::Sender<()>),
+    /// Commit, sync whatever policy is configured, flush metadata, exit.
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(crate) struct AppendRequest {
+    pub record: NewRecord,
+    pub reply: AppendReply,
+    /// Holds the request's share of `write_queue_bytes` until it is answered.
+    pub permit: OwnedSemaphorePermit,
+}
+
+struct Pending {
+    seq: u64,
+    /// Where the record's header and key are in `heads`, and its payload (until
+    /// written).
+    head: (usize, usize),
+    payload: Bytes,
+    reply: AppendReply,
+    evicted: Vec<Eviction>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The segment appends go to.
+pub(crate) struct Active {
+    pub first_seq: u64,
+    pub file: File,
+    pub path: PathBuf,
+    /// Bytes written to the file, header included.
+    pub len: u64,
+    /// Bytes covered by the last successful `fdatasync`.
+    pub synced_len: u64,
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    /// Dropped when the writer stops, which tells waiting readers.
+    watermark: watch::Sender<Watermark>,
+    queue: Arc<CommandQueue>,
+    wal_id: [u8; 16],
+    active: Active,
+    next_seq: u64,
+    /// Headers and keys of the records in `chunk`; each record's frame on disk is
+    /// its head followed by its payload. Written at offset `active.len`.
+    heads: Vec<u8>,
+    /// Records encoded but not yet written, in seq order.
+    chunk: Vec<Pending>,
+    /// Bytes the chunk will occupy on disk.
+    chunk_bytes: usize,
+    /// Written records that wait for an `fdatasync` before their answer (`always`).
+    unsynced: Vec<Pending>,
+    /// Answers to send at the end of the commit.
+    done: Vec<(Pending, Result<(), AppendError>)>,
+    batch_bytes: usize,
+    batch_records: usize,
+    /// Records in the previous group: how many to wait for in the next one.
+    last_group: usize,
+    /// Recent duration of an `fdatasync` (moving average): bounds the group wait.
+    sync_time: Duration,
+    last_written_seq: u64,
+    last_synced_seq: u64,
+    last_sync: Instant,
+    last_maintenance: Instant,
+    /// Filesystem space available, read once per group when `min_free_bytes` is set,
+    /// then reduced by what the group writes.
+    available: Option<u64>,
+}
+
+impl Writer {
+    pub fn new(
+        shared: Arc<Shared>,
+        watermark: watch::Sender<Watermark>,
+        queue: Arc<CommandQueue>,
+        wal_id: [u8; 16],
+        active: Active,
+        next_seq: u64,
+    ) -> Self {
+        Self {
+            shared,
+            watermark,
+            queue,
+            wal_id,
+            active,
+            next_seq,
+            heads: Vec::with_capacity(64 * 1024),
+            chunk: Vec::new(),
+            chunk_bytes: 0,
+            unsynced: Vec::new(),
+            done: Vec::new(),
+            batch_bytes: 0,
+            batch_records: 0,
+            last_group: 0,
+            sync_time: Duration::ZERO,
+            last_written_seq: next_seq - 1,
+            last_synced_seq: next_seq - 1,
+            last_sync: Instant::now(),
+            last_maintenance: Instant::now(),
+            available: None,
+        }
+    }
+
+    pub fn run(mut self) {
+        let _guard = PanicGuard(self.shared.clone(), self.queue.clone());
+        self.publish();
+        let mut cmds = Vec::new();
+        loop {
+            self.queue.take(1, self.idle_timeout(), &mut cmds);
+            let mut control = Vec::new();
+            if !cmds.is_empty() {
+                self.available = None;
+                self.batch_bytes = 0;
+                self.batch_records = 0;
+                let started = Instant::now();
+                for cmd in cmds.drain(..) {
+                    self.dispatch(cmd, &mut control);
+                }
+                // Group commit: under concurrent load, callers answered by the last
+                // commit come back one by one. Wait a fraction of an fsync for the
+                // rest of them rather than syncing a sliver of the group on its own.
+                // At low concurrency (a last group of one) nothing waits.
+                if self.shared.cfg.fsync == FsyncPolicy::Always
+                    && self.last_group > self.batch_records
+                    && control.is_empty()
+                {
+                    let max_wait = (self.sync_time / 2).min(MAX_GROUP_WAIT);
+                    while self.batch_records < self.last_group && control.is_empty() {
+                        let Some(left) = max_wait.checked_sub(started.elapsed()) else {
+                            break;
+                        };
+                        // Write what has arrived while the rest of the group comes in.
+                        self.flush_chunk();
+                        let want = (self.last_group - self.batch_records).min(GATHER_STEP);
+                        self.queue.take(want, left, &mut cmds);
+                        if cmds.is_empty() {
+                            break;
+                        }
+                        for cmd in cmds.drain(..) {
+                            self.dispatch(cmd, &mut control);
+                        }
+                    }
+                }
+                self.last_group = self.batch_records;
+            }
+            self.commit();
+            self.periodic();
+            for cmd in control {
+                match cmd {
+                    Command::Rotate(tx) => {
+                        let r = if !self.active_has_content() {
+                            Ok(())
+                        } else {
+                            // The new segment's header counts against the budget too.
+                            match self.check_space(SEGMENT_HEADER_LEN as u64) {
+                                Ok(()) => self.rotate(),
+                                Err(reason) => Err(AppendError::Full(reason)),
+                            }
+                        };
+                        self.commit();
+                        let _ = tx.send(r);
+                    }
+                    Command::Maintain(tx) => {
+                        self.maintain();
+                        let _ = tx.send(());
+                    }
+                    Command::Shutdown(tx) => {
+                        // Appends queued behind the shutdown are refused, not lost.
+                        for late in self.queue.close() {
+                            self.dispatch_closed(late);
+                        }
+                        self.shutdown();
+                        let _ = tx.send(());
+                        return;
+                    }
+                    Command::Append(_) => unreachable!("appends are staged, not deferred"),
+                }
+            }
+        }
+    }
+
+    fn dispatch_closed(&mut self, cmd: Command) {
+        match cmd {
+            Command::Append(req) => {
+                let _ = req.reply.send(Err(AppendError::Closed));
+            }
+            Command::Rotate(tx) => {
+                let _ = tx.send(Err(AppendError::Closed));
+            }
+            Command::Maintain(tx) | Command::Shutdown(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    fn dispatch(&mut self, cmd: Command, control: &mut Vec<Command>) {
+        match cmd {
+            Command::Append(req) => self.stage(req),
+            other => control.push(other),
+        }
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        let mut t = MAINTENANCE_EVERY.saturating_sub(self.last_maintenance.elapsed());
+        if let FsyncPolicy::Interval(every) = self.shared.cfg.fsync {
+            if self.active.synced_len < self.active.len {
+                t = t.min(every.saturating_sub(self.last_sync.elapsed()));
+            }
+        }
+        t.max(Duration::from_millis(1))
+    }
+
+    fn periodic(&mut self) {
+        if let FsyncPolicy::Interval(every) = self.shared.cfg.fsync {
+            if self.active.synced_len < self.active.len && self.last_sync.elapsed() >= every {
+                self.sync();
+                self.publish();
+                self.send_replies();
+            }
+        }
+        if self.last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+            self.maintain();
+        }
+    }
+
+    /// Places one record into the current group.
+    fn stage(&mut self, req: AppendRequest) {
+        let AppendRequest {
+            record,
+            reply,
+            permit,
+        } = req;
+        if let Some(cause) = self.shared.failed.get() {
+            let _ = reply.send(Err(AppendError::Failed {
+                cause: cause.clone(),
+            }));
+            return;
+        }
+        let frame = frame_len(record.idempotency_key.len(), record.payload.len());
+        let max_bytes = self.shared.cfg.max_bytes;
+        if frame + SEGMENT_HEADER_LEN as u64 > max_bytes {
+            let _ = reply.send(Err(AppendError::TooLarge {
+                bytes: frame,
+                limit: max_bytes - SEGMENT_HEADER_LEN as u64,
+                what: "record frame over the disk budget (max_bytes)",
+            }));
+            return;
+        }
+        let mut evicted = Vec::new();
+        if let Err(e) = self.make_room(frame, &mut evicted) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        if self.needs_rotation(frame) {
+            if let Err(e) = self.rotate() {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let start = self.heads.len();
+        encode_head(
+            &mut self.heads,
+            seq,
+            nanos_since_epoch(record.received_at),
+            record.span_count,
+            record.codec,
+            &record.idempotency_key,
+            &record.payload,
+        );
+        self.chunk.push(Pending {
+            seq,
+            head: (start, self.heads.len()),
+            payload: record.payload,
+            reply,
+            evicted,
+            _permit: permit,
+        });
+        self.chunk_bytes += frame as usize;
+        self.batch_bytes += frame as usize;
+        self.batch_records += 1;
+        if self.chunk_bytes >= CHUNK_BYTES || self.chunk.len() >= MAX_CHUNK_RECORDS {
+            self.flush_chunk();
+        }
+    }
+
+    fn active_has_content(&self) -> bool {
+        self.active.len + self.chunk_bytes as u64 > SEGMENT_HEADER_LEN as u64
+    }
+
+    fn needs_rotation(&self, frame: u64) -> bool {
+        self.active_has_content()
+            && self.active.len + self.chunk_bytes as u64 + frame > self.shared.cfg.segment_bytes
+    }
+
+    /// Checks that `need` more bytes fit the budget and the filesystem reserve.
+    fn check_space(&mut self, need: u64) -> Result<(), FullReason> {
+        let cfg = &self.shared.cfg;
+        let used = self.shared.table.read().unwrap().total_bytes() + self.chunk_bytes as u64;
+        if used + need > cfg.max_bytes {
+            return Err(FullReason::Budget {
+                used,
+                needed: need,
+                max_bytes: cfg.max_bytes,
+            });
+        }
+        if cfg.min_free_bytes > 0 {
+            let available = match self.available {
+                Some(a) => a,
+                None => {
+                    let a = available_bytes(&self.shared.wal_dir).unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "statvfs failed; not enforcing min_free_bytes for this group");
+                        u64::MAX
+                    });
+                    self.available = Some(a);
+                    a
+                }
+            }
+            .saturating_sub(self.chunk_bytes as u64);
+            if available < need.saturating_add(cfg.min_free_bytes) {
+                return Err(FullReason::MinFree {
+                    available,
+                    needed: need,
+                    min_free_bytes: cfg.min_free_bytes,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes room for a frame of `frame` bytes, evicting under `drop_oldest`.
+    fn make_room(&mut self, frame: u64, evicted: &mut Vec<Eviction>) -> Result<(), AppendError> {
+        loop {
+            let need = frame
+                + if self.needs_rotation(frame) {
+                    SEGMENT_HEADER_LEN as u64
+                } else {
+                    0
+                };
+            let reason = match self.check_space(need) {
+                Ok(()) => return Ok(()),
+                Err(reason) => reason,
+            };
+            if self.shared.cfg.when_full == WhenFull::Backpressure {
+                return Err(AppendError::Full(reason));
+            }
+            let victim = self
+                .shared
+                .table
+                .read()
+                .unwrap()
+                .oldest_sealed()
+                .map(|e| e.first_seq);
+            let eviction = match victim {
+                Some(first) => self.evict_sealed(first)?,
+                None if self.active_has_content() => self.evict_active()?,
+                None => return Err(AppendError::Full(reason)),
+            };
+            self.available = None;
+            evicted.push(eviction);
+        }
+    }
+
+    /// Seals the active segment and starts a new one at `next_seq`.
+    fn rotate(&mut self) -> Result<(), AppendError> {
+        self.flush_chunk();
+        // S1: a sealed segment is complete on disk before the next one exists.
+        self.sync();
+        if let Some(cause) = self.shared.failed.get() {
+            return Err(AppendError::Failed {
+                cause: cause.clone(),
+            });
+        }
+        let new = self.create_segment(self.next_seq)?;
+        let old = std::mem::replace(&mut self.active, new);
+        {
+            let mut table = self.shared.table.write().unwrap();
+            table.seal(old.first_seq);
+            table.insert(SegmentEntry {
+                first_seq: self.active.first_seq,
+                len: self.active.len,
+                sealed: false,
+            });
+        }
+        if let Err(e) = self.shared.meta.set_seq_floor(self.next_seq, false) {
+            tracing::warn!(error = %e, "could not record seq floor");
+        }
+        tracing::debug!(
+            sealed = old.first_seq,
+            len = old.len,
+            next = self.active.first_seq,
+            "segment rotated"
+        );
+        Ok(())
+    }
+
+    /// C1–C5: creates the segment file for `first_seq`, header durable, name durable.
+    fn create_segment(&mut self, first_seq: u64) -> Result<Active, AppendError> {
+        let header = SegmentHeader {
+            first_seq,
+            created_at_nanos: nanos_since_epoch(SystemTime::now()),
+            wal_id: self.wal_id,
+        };
+        let wal_dir = self.shared.wal_dir.clone();
+        let r = create_segment_file(&wal_dir, &header, self.fire("segment.create"));
+        match r {
+            Ok(active) => {
+                self.available = self
+                    .available
+                    .map(|a| a.saturating_sub(SEGMENT_HEADER_LEN as u64));
+                Ok(active)
+            }
+            Err(e) if is_out_of_space(&e) => Err(AppendError::Full(FullReason::NoSpace {
+                path: segment_path(&wal_dir, first_seq),
+                detail: e.to_string(),
+            })),
+            Err(e) => Err(self.fail(format!(
+                "creating segment {}: {e}",
+                segment_path(&wal_dir, first_seq).display()
+            ))),
+        }
+    }
+
+    #[cfg(feature = "failpoints")]
+    fn fire(&self, point: &'static str) -> Option<Action> {
+        self.shared.cfg.failpoints.fire(point)
+    }
+
+    #[cfg(not(feature = "failpoints"))]
+    fn fire(&self, _point: &'static str) -> Option<Action> {
+        None
+    }
+
+    /// W1: writes the encoded chunk at the end of the active segment.
+    fn flush_chunk(&mut self) {
+        if self.chunk.is_empty() {
+            return;
+        }
+        let first_seq = self.chunk[0].seq;
+        let last_seq = self.chunk[self.chunk.len() - 1].seq;
+        if let Some(cause) = self.shared.failed.get().cloned() {
+            self.fail_chunk(first_seq, AppendError::Failed { cause });
+            return;
+        }
+        let offset = self.active.len;
+        let mut slices = Vec::with_capacity(self.chunk.len() * 2);
+        for p in &self.chunk {
+            slices.push(IoSlice::new(&self.heads[p.head.0..p.head.1]));
+            if !p.payload.is_empty() {
+                slices.push(IoSlice::new(&p.payload));
+            }
+        }
+        let result = match self.fire("segment.write") {
+            Some(action) => inject_write(&self.active.file, &slices, offset, action),
+            None => write_all_vectored_at(&self.active.file, &mut slices, offset),
+        };
+        drop(slices);
+        match result {
+            Ok(()) => {
+                let n = self.chunk_bytes as u64;
+                self.active.len += n;
+                self.shared
+                    .table
+                    .write()
+                    .unwrap()
+                    .set_len(self.active.first_seq, self.active.len);
+                self.available = self.available.map(|a| a.saturating_sub(n));
+                self.last_written_seq = last_seq;
+                self.heads.clear();
+                self.chunk_bytes = 0;
+                for p in &mut self.chunk {
+                    p.payload = Bytes::new();
+                }
+                if self.shared.cfg.fsync == FsyncPolicy::Always {
+                    self.unsynced.append(&mut self.chunk);
+                } else {
+                    self.done.extend(self.chunk.drain(..).map(|p| (p, Ok(()))));
+                }
+            }
+            Err(e) if is_out_of_space(&e) => {
+                // Nothing of a failed chunk may stay: cut the file back to where it was.
+                if let Err(e2) = self.active.file.set_len(offset) {
+                    let err = self.fail(format!(
+                        "truncating {} to {offset} after out-of-space write: {e2}",
+                        self.active.path.display()
+                    ));
+                    self.fail_chunk(first_seq, err);
+                    return;
+                }
+                tracing::warn!(
+                    segment = %self.active.path.display(),
+                    offset,
+                    records = self.chunk.len(),
+                    error = %e,
+                    "filesystem full; appends rejected"
+                );
+                let err = AppendError::Full(FullReason::NoSpace {
+                    path: self.active.path.clone(),
+                    detail: e.to_string(),
+                });
+                self.fail_chunk(first_seq, err);
+            }
+            Err(e) => {
+                let err = self.fail(format!(
+                    "writing {} bytes at offset {offset} of {}: {e}",
+                    self.chunk_bytes,
+                    self.active.path.display()
+                ));
+                self.fail_chunk(first_seq, err);
+            }
+        }
+    }
+
+    /// Answers every record of the unwritten chunk with `err` and gives their seqs back.
+    fn fail_chunk(&mut self, first_seq: u64, err: AppendError) {
+        self.heads.clear();
+        self.chunk_bytes = 0;
+        self.next_seq = first_seq;
+        self.done
+            .extend(self.chunk.drain(..).map(|p| (p, Err(err.clone()))));
+    }
+
+    fn fail(&self, cause: String) -> AppendError {
+        AppendError::Failed {
+            cause: self.shared.fail(cause),
+        }
+    }
+
+    /// W2: makes everything written to the active segment durable.
+    fn sync(&mut self) {
+        if self.active.synced_len == self.active.len {
+            self.done
+                .extend(self.unsynced.drain(..).map(|p| (p, Ok(()))));
+            return;
+        }
+        if self.shared.failed.get().is_some() {
+            let cause = self.shared.failed.get().cloned().unwrap();
+            self.done.extend(self.unsynced.drain(..).map(|p| {
+                (
+                    p,
+                    Err(AppendError::Failed {
+                        cause: cause.clone(),
+                    }),
+                )
+            }));
+            return;
+        }
+        let started = Instant::now();
+        let result = match self.fire("segment.sync") {
+            Some(action) => Err(action_error(action)),
+            None => self.active.file.sync_data(),
+        };
+        self.sync_time = (self.sync_time * 7 + started.elapsed()) / 8;
+        match result {
+            Ok(()) => {
+                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+                self.shared.synced_records.fetch_add(
+                    self.last_written_seq - self.last_synced_seq,
+                    Ordering::Relaxed,
+                );
+                self.active.synced_len = self.active.len;
+                self.last_synced_seq = self.last_written_seq;
+                self.last_sync = Instant::now();
+                self.done
+                    .extend(self.unsynced.drain(..).map(|p| (p, Ok(()))));
+            }
+            Err(e) => {
+                // A failed fsync is final: the kernel may have dropped the pages.
+                let err = self.fail(format!("fdatasync {}: {e}", self.active.path.display()));
+                self.done
+                    .extend(self.unsynced.drain(..).map(|p| (p, Err(err.clone()))));
+            }
+        }
+    }
+
+    /// Ends a group: write, sync under `always`, publish (W3), answer.
+    fn commit(&mut self) {
+        self.flush_chunk();
+        if self.shared.cfg.fsync == FsyncPolicy::Always {
+            self.sync();
+        }
+        self.publish();
+        self.send_replies();
+    }
+
+    /// W3: tells readers what they may read.
+    fn publish(&self) {
+        let (last_seq, active_len) = match self.shared.cfg.fsync {
+            FsyncPolicy::Never => (self.last_written_seq, self.active.len),
+            _ => (self.last_synced_seq, self.active.synced_len),
+        };
+        let wm = Watermark {
+            last_seq,
+            active_segment: self.active.first_seq,
+            active_len,
+        };
+        self.watermark.send_if_modified(|cur| {
+            if *cur == wm {
+                false
+            } else {
+                *cur = wm;
+                true
+            }
+        });
+    }
+
+    fn send_replies(&mut self) {
+        for (p, result) in self.done.drain(..) {
+            let answer = result.map(|()| Appended {
+                seq: p.seq,
+                evicted: p.evicted,
+            });
+            let _ = p.reply.send(answer);
+        }
+    }
+
+    /// Deletes the oldest sealed segment to make room, reporting what it held.
+    fn evict_sealed(&mut self, first: u64) -> Result<Eviction, AppendError> {
+        let (len, next) = {
+            let table = self.shared.table.read().unwrap();
+            let (e, next) = table.locate(first).expect("segment in table");
+            (e.len, next)
+        };
+        let last = next.map(|n| n - 1).unwrap_or(self.next_seq - 1);
+        self.evict(first, last, len)
+    }
+
+    /// Evicts the active segment itself: its records are made durable and answered
+    /// first (they were accepted), then dropped as the oldest data.
+    fn evict_active(&mut self) -> Result<Eviction, AppendError> {
+        self.flush_chunk();
+        self.sync();
+        if let Some(cause) = self.shared.failed.get() {
+            return Err(AppendError::Failed {
+                cause: cause.clone(),
+            });
+        }
+        // The seq floor must be durable before the last segment file disappears, or a
+        // crash before the replacement exists would let seqs be assigned again.
+        if let Err(e) = self.shared.meta.set_seq_floor(self.next_seq, true) {
+            return Err(self.fail(format!(
+                "recording seq floor before evicting the active segment: {e}"
+            )));
+        }
+        let first = self.active.first_seq;
+        let len = self.active.len;
+        self.shared.table.write().unwrap().seal(first);
+        let eviction = self.evict(first, self.next_seq - 1, len)?;
+        let new = match self.create_segment(self.next_seq) {
+            Ok(a) => a,
+            Err(e) => {
+                // With no segment left there is nowhere to append: stop until restart.
+                return Err(self.fail(format!(
+                    "creating a segment after evicting the active one: {e}"
+                )));
+            }
+        };
+        self.active = new;
+        self.shared.table.write().unwrap().insert(SegmentEntry {
+            first_seq: self.active.first_seq,
+            len: self.active.len,
+            sealed: false,
+        });
+        self.last_synced_seq = self.next_seq - 1;
+        Ok(eviction)
+    }
+
+    fn evict(&mut self, first: u64, last: u64, len: u64) -> Result<Eviction, AppendError> {
+        let path = self.shared.segment_path(first);
+        let eviction = self.describe(first, last, len, &path);
+        // D1: unlink.
+        if let Err(e) = fs::remove_file(&path) {
+            return Err(self.fail(format!("deleting {} to make room: {e}", path.display())));
+        }
+        // D2: make the deletion durable.
+        if let Err(e) = sync_dir(&self.shared.wal_dir) {
+            return Err(self.fail(format!("fsync of {}: {e}", self.shared.wal_dir.display())));
+        }
+        self.shared.table.write().unwrap().remove(first);
+        self.shared
+            .evicted_below
+            .fetch_max(last + 1, Ordering::AcqRel);
+        if let Err(e) = self.shared.meta.forget_segment(first) {
+            tracing::warn!(error = %e, segment = first, "could not drop metadata of evicted segment");
+        }
+        tracing::warn!(
+            segment = %path.display(),
+            first_seq = eviction.first_seq,
+            last_seq = eviction.last_seq,
+            spans = eviction.spans,
+            undelivered_records = eviction.undelivered_records,
+            undelivered_spans = eviction.undelivered_spans,
+            "disk budget full: oldest segment evicted (when_full = drop_oldest)"
+        );
+        self.shared.emit(WalEvent::Evicted(eviction.clone()));
+        Ok(eviction)
+    }
+
+    /// Counts what a segment about to be deleted holds, and what each cursor has
+    /// not acknowledged of it.
+    fn describe(&self, first: u64, last: u64, len: u64, path: &Path) -> Eviction {
+        let cursors: Vec<_> = self
+            .shared
+            .cursors
+            .read()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        let mut per_cursor: Vec<CursorLoss> = cursors
+            .iter()
+            .map(|c| CursorLoss {
+                cursor: c.name.clone(),
+                records: 0,
+                spans: 0,
+            })
+            .collect();
+        let mut spans = 0u64;
+        let mut undelivered_spans = 0u64;
+        let map = File::open(path).and_then(|f| SegmentMap::map(&f, len));
+        match map {
+            Ok(map) => {
+                let mut offset = RECORDS_START;
+                let mut last_good = first - 1;
+                loop {
+                    match scan_at(&map, offset, map.len(), last_good) {
+                        Scan::Frame { offset: at, frame } => {
+                            let seq = frame.header.seq;
+                            let n = frame.header.span_count as u64;
+                            spans += n;
+                            let mut lost_somewhere = cursors.is_empty();
+                            for (c, loss) in cursors.iter().zip(per_cursor.iter_mut()) {
+                                if !c.is_acked(seq) {
+                                    loss.spans += n;
+                                    lost_somewhere = true;
+                                }
+                            }
+                            if lost_somewhere {
+                                undelivered_spans += n;
+                            }
+                            last_good = seq;
+                            offset = at + frame.frame_len();
+                        }
+                        Scan::Damage(d) => match d.resume {
+                            Some((at, seq)) => {
+                                offset = at;
+                                last_good = seq - 1;
+                            }
+                            None => break,
+                        },
+                        Scan::End => break,
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, segment = %path.display(), "could not read segment to count its spans")
+            }
+        }
+        let mut undelivered_records = 0;
+        for seq in first..=last {
+            let mut lost_somewhere = cursors.is_empty();
+            for (c, loss) in cursors.iter().zip(per_cursor.iter_mut()) {
+                if !c.is_acked(seq) {
+                    loss.records += 1;
+                    lost_somewhere = true;
+                }
+            }
+            undelivered_records += lost_somewhere as u64;
+        }
+        per_cursor.retain(|l| l.records > 0);
+        Eviction {
+            segment: first,
+            first_seq: first,
+            last_seq: last,
+            spans,
+            bytes: len,
+            undelivered_records,
+            undelivered_spans,
+            per_cursor,
+        }
+    }
+
+    /// Retention: deletes sealed segments every cursor has passed once they have been
+    /// delivered for `retain_delivered`.
+    fn maintain(&mut self) {
+        self.last_maintenance = Instant::now();
+        let retain = self.shared.cfg.retain_delivered;
+        let now = nanos_since_epoch(SystemTime::now());
+        let sealed: Vec<(u64, u64)> = {
+            let table = self.shared.table.read().unwrap();
+            table.sealed_ranges().collect()
+        };
+        let mut deleted = Vec::new();
+        let mut deleting = true;
+        for (first, last) in sealed {
+            if !self.shared.delivered_to_all(last) {
+                break;
+            }
+            // Delivery time is recorded for every delivered segment, so retention
+            // counts from delivery even for segments behind an unexpired one.
+            let since = match self.shared.meta.delivered_at(first) {
+                Ok(Some(t)) => t,
+                _ => {
+                    let _ = self.shared.meta.set_delivered_at(first, now);
+                    now
+                }
+            };
+            if !deleting || Duration::from_nanos(now.saturating_sub(since)) < retain {
+                deleting = false;
+                continue;
+            }
+            if deleted.is_empty() {
+                // The positions that allowed the deletion must survive a crash, or a
+                // restarted cursor would stand before data that is gone.
+                if let Err(e) = self.shared.meta.flush() {
+                    tracing::error!(error = %e, "could not persist cursor positions; not deleting");
+                    break;
+                }
+            }
+            let path = self.shared.segment_path(first);
+            // D1: unlink (D2 follows once for all deletions).
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::error!(error = %e, segment = %path.display(), "could not delete delivered segment");
+                deleting = false;
+                continue;
+            }
+            self.shared.table.write().unwrap().remove(first);
+            if let Err(e) = self.shared.meta.forget_segment(first) {
+                tracing::warn!(error = %e, segment = first, "could not drop metadata of deleted segment");
+            }
+            deleted.push((first, last));
+        }
+        if !deleted.is_empty() {
+            // D2.
+            if let Err(e) = sync_dir(&self.shared.wal_dir) {
+                self.fail(format!("fsync of {}: {e}", self.shared.wal_dir.display()));
+            }
+            for (first, last) in deleted {
+                tracing::debug!(
+                    first_seq = first,
+                    last_seq = last,
+                    "delivered segment deleted"
+                );
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.commit();
+        // A clean shutdown loses nothing, whatever the policy.
+        if self.active.synced_len < self.active.len {
+            self.sync();
+            self.publish();
+            self.send_replies();
+        }
+        if let Err(e) = self.shared.meta.flush() {
+            tracing::error!(error = %e, "flushing metadata at shutdown");
+        }
+    }
+}
+
+/// `pwritev` until every byte is written (the kernel may write less than asked).
+fn write_all_vectored_at(
+    file: &File,
+    mut slices: &mut [IoSlice<'_>],
+    mut offset: u64,
+) -> io::Result<()> {
+    // IOV_MAX on Linux.
+    const MAX_IOV: usize = 1024;
+    while !slices.is_empty() {
+        let n = rustix::io::pwritev(file, &slices[..slices.len().min(MAX_IOV)], offset)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "pwritev wrote nothing",
+            ));
+        }
+        offset += n as u64;
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+fn inject_write(
+    file: &File,
+    slices: &[IoSlice<'_>],
+    offset: u64,
+    action: Action,
+) -> io::Result<()> {
+    match action {
+        Action::Error(code) => Err(os_error(code)),
+        Action::PartialWrite(n, code) => {
+            let all: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+            file.write_all_at(&all[..n.min(all.len())], offset)?;
+            Err(os_error(code))
+        }
+    }
+}
+
+fn action_error(action: Action) -> io::Error {
+    match action {
+        Action::Error(code) | Action::PartialWrite(_, code) => os_error(code),
+    }
+}
+
+/// C1–C5 for a segment starting at `header.first_seq`. `inject` is a test fault.
+pub(crate) fn create_segment_file(
+    wal_dir: &Path,
+    header: &SegmentHeader,
+    inject: Option<Action>,
+) -> io::Result<Active> {
+    let path = segment_path(wal_dir, header.first_seq);
+    let tmp = wal_dir.join(format!("{:020}{}", header.first_seq, fsutil::TEMP_SUFFIX));
+    let _ = fs::remove_file(&tmp);
+    // C1: create under a temporary name, owner-only.
+    let file = create_new_owner_only(&tmp)?;
+    let result = (|| {
+        if let Some(action) = inject {
+            return Err(action_error(action));
+        }
+        // C2: the header.
+        file.write_all_at(&header.encode(), 0)?;
+        // C3: header durable before the file gets its real name.
+        file.sync_data()?;
+        // C4: the real name.
+        fs::rename(&tmp, &path)?;
+        // C5: the name durable.
+        sync_dir(wal_dir)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(Active {
+        first_seq: header.first_seq,
+        file,
+        path,
+        len: SEGMENT_HEADER_LEN as u64,
+        synced_len: SEGMENT_HEADER_LEN as u64,
+    })
+}
+
+/// If the writer thread unwinds: marks the log failed so appends report why, and
+/// closes the queue so nobody waits for an answer that will not come.
+struct PanicGuard(Arc<Shared>, Arc<CommandQueue>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .fail("the write-ahead log writer thread panicked".into());
+            drop(self.1.close());
+        }
+    }
+}
