@@ -518,4 +518,35 @@ mod tests {
         assert_eq!(resync(&out, 0, |s| s > 9), None);
         assert_eq!(resync(&out, at + 1, |_| true), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = decode_frame(&bytes);
+            let _ = decode_header(&bytes);
+            let _ = SegmentHeader::decode(&bytes);
+            let _ = resync(&bytes, 0, |_| true);
+        }
+
+        #[test]
+        fn frames_round_trip(
+            seq in 1u64..u64::MAX,
+            at in proptest::prelude::any::<u64>(),
+            spans in proptest::prelude::any::<u32>(),
+            codec in proptest::prelude::any::<u8>(),
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..MAX_KEY_LEN),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+        ) {
+            let mut out = vec![0xEEu8; 7];
+            encode_record(&mut out, seq, at, spans, Codec(codec), &key, &payload);
+            let f = decode_frame(&out[7..]).unwrap();
+            proptest::prop_assert_eq!(f.header.seq, seq);
+            proptest::prop_assert_eq!(f.header.received_at_nanos, at);
+            proptest::prop_assert_eq!(f.header.span_count, spans);
+            proptest::prop_assert_eq!(f.header.codec, Codec(codec));
+            proptest::prop_assert_eq!(f.key, &key[..]);
+            proptest::prop_assert_eq!(f.payload, &payload[..]);
+            proptest::prop_assert_eq!(resync(&out, 0, |_| true), Some(7));
+        }
+    }
 }

@@ -15,13 +15,17 @@ pub fn segment_file_name(first_seq: u64) -> String {
     format!("{first_seq:020}{SEGMENT_SUFFIX}")
 }
 
+/// Sequence numbers start at 1 and stay far below this (2^62 appends is centuries at
+/// a billion a second); a file name beyond it is not a segment this log wrote.
+pub const MAX_SEQ: u64 = 1 << 62;
+
 /// The first sequence number encoded in a segment file name, if it is one.
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|s| (1..=MAX_SEQ).contains(s))
 }
 
 /// Creates `dir` (owner-only) if it does not exist, syncing its parent so the new
@@ -111,9 +115,11 @@ mod tests {
     fn segment_names_round_trip_and_sort() {
         assert_eq!(segment_file_name(42), "00000000000000000042.seg");
         assert_eq!(
-            parse_segment_file_name(&segment_file_name(u64::MAX)),
-            Some(u64::MAX)
+            parse_segment_file_name(&segment_file_name(MAX_SEQ)),
+            Some(MAX_SEQ)
         );
+        assert_eq!(parse_segment_file_name(&segment_file_name(u64::MAX)), None);
+        assert_eq!(parse_segment_file_name(&segment_file_name(0)), None);
         assert_eq!(parse_segment_file_name("42.seg"), None);
         assert_eq!(
             parse_segment_file_name("00000000000000000042.seg.tmp"),

@@ -220,7 +220,7 @@ impl Reader {
                 let len = frame.frame_len();
                 if seq < self.next_seq {
                     pos.offset = offset + len;
-                    pos.last_good = seq;
+                    pos.last_good = pos.last_good.max(seq);
                     return Ok(Step::Again);
                 }
                 if seq > self.next_seq {

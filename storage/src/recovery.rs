@@ -262,7 +262,30 @@ fn recover_active(
     loop {
         match scan_at(&map, offset, limit, last_good) {
             Scan::Frame { offset: at, frame } => {
-                last_good = frame.header.seq;
+                let seq = frame.header.seq;
+                if seq <= last_good {
+                    // A valid frame out of sequence is not something this log wrote
+                    // here; skipping it keeps seqs from ever going backwards.
+                    tracing::error!(segment = %path.display(), offset = at, seq, last_good, "record out of sequence in the active segment; skipped");
+                } else {
+                    if seq > last_good + 1 {
+                        let range = LostRange {
+                            first_seq: last_good + 1,
+                            last_seq: seq - 1,
+                            segment: first,
+                            offset: at as u64,
+                            spans: None,
+                            reason: format!(
+                                "records {}..={} missing before offset {at}",
+                                last_good + 1,
+                                seq - 1
+                            ),
+                        };
+                        tracing::error!(segment = %path.display(), offset = at, first_seq = range.first_seq, last_seq = range.last_seq, "records missing from the active segment");
+                        lost.push(range);
+                    }
+                    last_good = seq;
+                }
                 offset = at + frame.frame_len();
             }
             Scan::End => break,
