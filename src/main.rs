@@ -1,11 +1,53 @@
-//! The `tracespool` binary. The forwarder is built on the write-ahead log in
-//! `storage/`; until its receivers and replay workers land, this binary only
-//! reports that.
+//! The `tracespool` binary: parse the command line, load the configuration, run.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "tracespool {}: the forwarder is not built yet; the write-ahead log is in storage/",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::ExitCode::from(2)
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracespool::cli::{Cli, Command, LogFormatArg};
+use tracespool::config::{Config, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env = std::env::vars().collect();
+    let mut cfg = match Config::load(cli.config.as_deref(), &env) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("tracespool: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(f) = cli.log_format {
+        cfg.log.format = match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        };
+    }
+    match cli.command {
+        Command::CheckConfig => {
+            println!("# effective configuration (header values hidden)");
+            print!("{}", cfg.to_redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            tracespool::telemetry::init(cfg.log.format, &cfg.log.level);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("tracespool: cannot start the async runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(tracespool::app::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "tracespool failed");
+                    eprintln!("tracespool: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
 }

@@ -102,7 +102,19 @@ impl Reader {
             let evicted_below = self.shared.evicted_below();
             if self.next_seq < evicted_below {
                 self.pos = None;
-                return Ok(Some(self.skip_to(evicted_below, GapCause::NotRetained)));
+                // One gap up to the oldest record still on disk, however it went
+                // (evicted, or deleted after delivery).
+                let first_on_disk = self
+                    .shared
+                    .table
+                    .read()
+                    .unwrap()
+                    .first()
+                    .map(|e| e.first_seq);
+                let to = evicted_below
+                    .max(first_on_disk.unwrap_or(0))
+                    .min(wm.last_seq + 1);
+                return Ok(Some(self.skip_to(to, GapCause::NotRetained)));
             }
             if self.pos.is_none() {
                 if let Some(gap) = self.position(&wm)? {

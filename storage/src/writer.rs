@@ -761,28 +761,12 @@ impl Writer {
     }
 
     /// Counts what a segment about to be deleted holds, and what each cursor has
-    /// not acknowledged of it.
+    /// not acknowledged of it (those records are counted as lost for the cursor from
+    /// now on; see `cursor.rs`).
     fn describe(&self, first: u64, last: u64, len: u64, path: &Path) -> Eviction {
-        let cursors: Vec<_> = self
-            .shared
-            .cursors
-            .read()
-            .unwrap()
-            .values()
-            .cloned()
-            .collect();
-        let mut per_cursor: Vec<CursorLoss> = cursors
-            .iter()
-            .map(|c| CursorLoss {
-                cursor: c.name.clone(),
-                records: 0,
-                spans: 0,
-            })
-            .collect();
-        let mut spans = 0u64;
-        let mut undelivered_spans = 0u64;
-        let map = File::open(path).and_then(|f| SegmentMap::map(&f, len));
-        match map {
+        // Span count of every readable record, in seq order.
+        let mut spans_of: Vec<(u64, u64)> = Vec::new();
+        match File::open(path).and_then(|f| SegmentMap::map(&f, len)) {
             Ok(map) => {
                 let mut offset = RECORDS_START;
                 let mut last_good = first - 1;
@@ -790,19 +774,10 @@ impl Writer {
                     match scan_at(&map, offset, map.len(), last_good) {
                         Scan::Frame { offset: at, frame } => {
                             let seq = frame.header.seq;
-                            let n = frame.header.span_count as u64;
-                            spans += n;
-                            let mut lost_somewhere = cursors.is_empty();
-                            for (c, loss) in cursors.iter().zip(per_cursor.iter_mut()) {
-                                if !c.is_acked(seq) {
-                                    loss.spans += n;
-                                    lost_somewhere = true;
-                                }
+                            if seq > last_good {
+                                spans_of.push((seq, frame.header.span_count as u64));
+                                last_good = seq;
                             }
-                            if lost_somewhere {
-                                undelivered_spans += n;
-                            }
-                            last_good = seq;
                             offset = at + frame.frame_len();
                         }
                         Scan::Damage(d) => match d.resume {
@@ -820,26 +795,53 @@ impl Writer {
                 tracing::warn!(error = %e, segment = %path.display(), "could not read segment to count its spans")
             }
         }
-        let mut undelivered_records = 0;
-        for seq in first..=last {
-            let mut lost_somewhere = cursors.is_empty();
-            for (c, loss) in cursors.iter().zip(per_cursor.iter_mut()) {
-                if !c.is_acked(seq) {
-                    loss.records += 1;
-                    lost_somewhere = true;
-                }
+        let spans_in = |s: u64, e: u64| -> u64 {
+            let lo = spans_of.partition_point(|&(q, _)| q < s);
+            let hi = spans_of.partition_point(|&(q, _)| q <= e);
+            spans_of[lo..hi].iter().map(|&(_, n)| n).sum()
+        };
+        let cursors: Vec<_> = self
+            .shared
+            .cursors
+            .read()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        let mut per_cursor = Vec::new();
+        // Seqs lost to at least one cursor: the union of the per-cursor ranges.
+        let mut union: Vec<(u64, u64)> = Vec::new();
+        for c in &cursors {
+            let lost = c.count_losses(first, last);
+            let records: u64 = lost.iter().map(|&(s, e)| e - s + 1).sum();
+            if records > 0 {
+                per_cursor.push(CursorLoss {
+                    cursor: c.name.clone(),
+                    records,
+                    spans: lost.iter().map(|&(s, e)| spans_in(s, e)).sum(),
+                });
             }
-            undelivered_records += lost_somewhere as u64;
+            union.extend(lost);
         }
-        per_cursor.retain(|l| l.records > 0);
+        if cursors.is_empty() && first <= last {
+            union.push((first, last));
+        }
+        union.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (s, e) in union {
+            match merged.last_mut() {
+                Some(m) if s <= m.1 + 1 => m.1 = m.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
         Eviction {
             segment: first,
             first_seq: first,
             last_seq: last,
-            spans,
+            spans: spans_of.iter().map(|&(_, n)| n).sum(),
             bytes: len,
-            undelivered_records,
-            undelivered_spans,
+            undelivered_records: merged.iter().map(|&(s, e)| e - s + 1).sum(),
+            undelivered_spans: merged.iter().map(|&(s, e)| spans_in(s, e)).sum(),
             per_cursor,
         }
     }

@@ -449,3 +449,41 @@ impl Drop for TinyFs {
             .status();
     }
 }
+
+#[tokio::test]
+async fn a_record_delivered_after_its_eviction_says_so_when_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(budget_config(dir.path(), 30_000, WhenFull::DropOldest)).unwrap();
+    let c = wal.cursor("d", CursorStart::Oldest).unwrap();
+    let mut reader = c.reader();
+    wal.append(record(0, 1000, 4)).await.unwrap();
+    // The consumer has seq 1 in hand (in flight) when the eviction comes.
+    let ReadItem::Record(in_flight) = reader.try_next().unwrap().unwrap() else {
+        panic!()
+    };
+    let mut evicted = Vec::new();
+    let mut id = 1;
+    while evicted.is_empty() {
+        evicted.extend(wal.append(record(id, 1000, 1)).await.unwrap().evicted);
+        id += 1;
+    }
+    let e = &evicted[0];
+    assert_eq!(e.first_seq, 1);
+    let loss = &e.per_cursor[0];
+    assert_eq!((loss.cursor.as_str(), loss.records), ("d", e.records()));
+    assert_eq!(
+        loss.spans,
+        4 + e.records() - 1,
+        "seq 1 carries 4 spans, the rest 1 each"
+    );
+    assert!(c.is_evicted(1));
+    // Its delivery completes anyway: the ack says it was counted as lost.
+    let ack = c.ack(in_flight.seq).unwrap();
+    assert!(ack.after_eviction);
+    assert!(
+        !c.ack(in_flight.seq).unwrap().after_eviction,
+        "reported once"
+    );
+    // A record acked normally, never evicted, is not flagged.
+    assert!(!c.ack(e.last_seq + 1).unwrap().after_eviction);
+}

@@ -1,0 +1,519 @@
+//! Configuration: a TOML file, overridden by `TRACESPOOL__SECTION__KEY` environment
+//! variables, with destinations from the standard `OTEL_EXPORTER_OTLP_*` variables
+//! when the file names none. Parsed and validated once, here, into typed structs;
+//! nothing else reads raw settings or the environment.
+//!
+//! `config/tracespool.toml` documents every key with its default.
+
+mod otel_env;
+mod units;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use units::{ByteSize, Dur};
+
+/// A configuration problem, naming the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub storage: StorageConfig,
+    pub receivers: ReceiversConfig,
+    pub destinations: Vec<DestinationConfig>,
+    pub dedup: DedupConfig,
+    pub log: LogConfig,
+    pub service: ServiceConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Data directory: the log, its metadata, dead letters, the instance id.
+    pub dir: PathBuf,
+    /// Upper bound on the bytes of all log segments.
+    pub max_bytes: ByteSize,
+    pub segment_bytes: ByteSize,
+    /// Keep at least this much of the filesystem free.
+    pub min_free_bytes: ByteSize,
+    pub fsync: FsyncMode,
+    /// With `fsync = "interval"`: the longest time between syncs.
+    pub fsync_interval: Dur,
+    pub when_full: WhenFull,
+    /// Keep delivered segments this long (for replay and audit) before deleting them.
+    pub retain_delivered: Dur,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("./data"),
+            max_bytes: ByteSize(4 << 30),
+            segment_bytes: ByteSize(64 << 20),
+            min_free_bytes: ByteSize(0),
+            fsync: FsyncMode::Always,
+            fsync_interval: Dur(Duration::from_millis(100)),
+            when_full: WhenFull::Backpressure,
+            retain_delivered: Dur(Duration::ZERO),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    Backpressure,
+    DropOldest,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiversConfig {
+    pub otlp: OtlpReceiverConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpReceiverConfig {
+    /// OTLP/gRPC listen address; empty disables the receiver.
+    pub grpc: String,
+    /// OTLP/HTTP listen address; empty disables the receiver.
+    pub http: String,
+    /// Largest request body accepted, as received (compressed).
+    pub max_request_bytes: ByteSize,
+    /// Largest request after decompression.
+    pub max_decompressed_bytes: ByteSize,
+    /// The retry delay suggested to clients when the disk budget is full.
+    pub retry_after: Dur,
+}
+
+impl Default for OtlpReceiverConfig {
+    fn default() -> Self {
+        Self {
+            grpc: "127.0.0.1:4317".into(),
+            http: "127.0.0.1:4318".into(),
+            max_request_bytes: ByteSize(16 << 20),
+            max_decompressed_bytes: ByteSize(64 << 20),
+            retry_after: Dur(Duration::from_secs(2)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Unique name; also the name of the destination's cursor in the log.
+    pub name: String,
+    /// `http://host:port` (gRPC, or OTLP/HTTP where `/v1/traces` is added when the
+    /// URL has no path) or a full OTLP/HTTP URL.
+    pub endpoint: String,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    /// Sent with every export (e.g. an API key).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Deadline of one export attempt.
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// Exports in flight at once; the cursor still advances in seq order.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Grpc
+}
+fn default_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_compression() -> Compression {
+    Compression::None
+}
+fn default_in_flight() -> usize {
+    8
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub initial_backoff: Dur,
+    pub max_backoff: Dur,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Dur(Duration::from_millis(500)),
+            max_backoff: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// How long an idempotency key, once accepted, makes repeats of it no-ops.
+    pub window: Dur,
+    /// Most keys remembered; the oldest are forgotten first.
+    pub max_keys: u64,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            window: Dur(Duration::from_secs(600)),
+            max_keys: 1_000_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `tracespool=debug,info`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// On SIGTERM/SIGINT: how long in-flight requests get to finish.
+    pub shutdown_timeout: Dur,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: Dur(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `file` (if any), applies `TRACESPOOL__*` overrides and the OTLP exporter
+    /// variables from `env`, and validates the result.
+    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(file)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let overrides: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("TRACESPOOL__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("TRACESPOOL")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| ConfigError(format!("configuration: {e}")))?;
+        let mut cfg: Config = raw
+            .try_deserialize()
+            .map_err(|e| ConfigError(format!("configuration: {e}")))?;
+        if cfg.destinations.is_empty() {
+            if let Some(d) = otel_env::destination_from_env(env)? {
+                cfg.destinations.push(d);
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks relations between settings; every message names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        let s = &self.storage;
+        if s.dir.as_os_str().is_empty() {
+            return err("storage.dir must not be empty".into());
+        }
+        if s.segment_bytes.0 < 4096 {
+            return err(format!(
+                "storage.segment_bytes must be at least 4KiB, got {}",
+                s.segment_bytes
+            ));
+        }
+        if s.max_bytes.0 < s.segment_bytes.0 {
+            return err(format!(
+                "storage.max_bytes ({}) must be at least storage.segment_bytes ({})",
+                s.max_bytes, s.segment_bytes
+            ));
+        }
+        if s.fsync == FsyncMode::Interval && s.fsync_interval.0.is_zero() {
+            return err(
+                "storage.fsync_interval must be greater than 0 when storage.fsync = \"interval\""
+                    .into(),
+            );
+        }
+        let r = &self.receivers.otlp;
+        for (key, addr) in [
+            ("receivers.otlp.grpc", &r.grpc),
+            ("receivers.otlp.http", &r.http),
+        ] {
+            if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+                return err(format!("{key}: {addr:?} is not an address like \"127.0.0.1:4317\" (or \"\" to disable)"));
+            }
+        }
+        if r.grpc.is_empty() && r.http.is_empty() {
+            return err(
+                "receivers.otlp: both grpc and http are disabled; nothing would receive spans"
+                    .into(),
+            );
+        }
+        if r.max_request_bytes.0 == 0 {
+            return err("receivers.otlp.max_request_bytes must be greater than 0".into());
+        }
+        if r.max_decompressed_bytes.0 < r.max_request_bytes.0 {
+            return err(format!(
+                "receivers.otlp.max_decompressed_bytes ({}) must be at least max_request_bytes ({})",
+                r.max_decompressed_bytes, r.max_request_bytes
+            ));
+        }
+        if r.max_decompressed_bytes.0 > (1 << 30) {
+            return err("receivers.otlp.max_decompressed_bytes must be at most 1GiB".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, d) in self.destinations.iter().enumerate() {
+            let key = format!("destinations[{i}]");
+            if d.name.is_empty()
+                || !d
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return err(format!(
+                    "{key}.name {:?}: use letters, digits, '-', '_' or '.'",
+                    d.name
+                ));
+            }
+            if !names.insert(d.name.clone()) {
+                return err(format!(
+                    "{key}.name {:?} is used by another destination",
+                    d.name
+                ));
+            }
+            d.export_uri()
+                .map_err(|e| ConfigError(format!("{key}.endpoint {:?}: {e}", d.endpoint)))?;
+            if d.max_in_flight == 0 || d.max_in_flight > 1024 {
+                return err(format!(
+                    "{key}.max_in_flight must be between 1 and 1024, got {}",
+                    d.max_in_flight
+                ));
+            }
+            if d.timeout.0.is_zero() {
+                return err(format!("{key}.timeout must be greater than 0"));
+            }
+            if d.retry.initial_backoff.0.is_zero()
+                || d.retry.max_backoff.0 < d.retry.initial_backoff.0
+            {
+                return err(format!(
+                    "{key}.retry: need 0 < initial_backoff ({}) <= max_backoff ({})",
+                    humantime::format_duration(d.retry.initial_backoff.0),
+                    humantime::format_duration(d.retry.max_backoff.0)
+                ));
+            }
+            for (name, value) in &d.headers {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(value).is_err()
+                {
+                    return err(format!(
+                        "{key}.headers: {name:?} is not a valid HTTP header name and value"
+                    ));
+                }
+            }
+        }
+        if self.dedup.max_keys == 0 {
+            return err("dedup.max_keys must be at least 1".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return err(format!(
+                "log.level {:?} is not a valid filter (e.g. \"info\")",
+                self.log.level
+            ));
+        }
+        Ok(())
+    }
+
+    /// The storage settings as the log takes them.
+    pub fn wal_config(&self) -> tracespool_storage::WalConfig {
+        let s = &self.storage;
+        let mut w = tracespool_storage::WalConfig::new(s.dir.clone());
+        w.max_bytes = s.max_bytes.0;
+        w.segment_bytes = s.segment_bytes.0;
+        w.min_free_bytes = s.min_free_bytes.0;
+        w.fsync = match s.fsync {
+            FsyncMode::Always => tracespool_storage::FsyncPolicy::Always,
+            FsyncMode::Interval => tracespool_storage::FsyncPolicy::Interval(s.fsync_interval.0),
+            FsyncMode::Never => tracespool_storage::FsyncPolicy::Never,
+        };
+        w.when_full = match s.when_full {
+            WhenFull::Backpressure => tracespool_storage::WhenFull::Backpressure,
+            WhenFull::DropOldest => tracespool_storage::WhenFull::DropOldest,
+        };
+        w.retain_delivered = s.retain_delivered.0;
+        w.max_record_bytes = self.receivers.otlp.max_decompressed_bytes.0;
+        w
+    }
+
+    /// The effective configuration as TOML, with header values hidden.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        for d in &mut shown.destinations {
+            for v in d.headers.values_mut() {
+                *v = "<redacted>".into();
+            }
+        }
+        toml_string(&shown)
+    }
+}
+
+impl DestinationConfig {
+    /// The URI exports go to: the endpoint for gRPC; for OTLP/HTTP the endpoint, with
+    /// `/v1/traces` added when it has no path.
+    pub fn export_uri(&self) -> Result<http::Uri, String> {
+        let raw = if self.endpoint.contains("://") {
+            self.endpoint.clone()
+        } else {
+            format!("http://{}", self.endpoint)
+        };
+        let uri: http::Uri = raw.parse().map_err(|e| format!("not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err("https endpoints need TLS, which this build does not do yet; use http:// (e.g. through a local TLS proxy)".into())
+            }
+            _ => return Err("the scheme must be http://".into()),
+        }
+        if uri.host().is_none() {
+            return Err("the URL has no host".into());
+        }
+        if self.protocol == Protocol::Http && matches!(uri.path(), "" | "/") {
+            let mut parts = uri.into_parts();
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/v1/traces"));
+            return http::Uri::from_parts(parts).map_err(|e| e.to_string());
+        }
+        Ok(uri)
+    }
+}
+
+fn toml_string(cfg: &Config) -> String {
+    // The config crate has no TOML writer; render the (small, flat) structure by hand
+    // from its JSON form so sizes and durations keep their human spelling.
+    let v = serde_json::to_value(cfg).expect("config serialises");
+    let mut out = String::new();
+    let obj = v.as_object().expect("object");
+    for (section, body) in obj {
+        if section == "destinations" {
+            continue;
+        }
+        write_table(&mut out, section, body);
+    }
+    for d in v["destinations"].as_array().into_iter().flatten() {
+        out.push_str("\n[[destinations]]\n");
+        let o = d.as_object().expect("object");
+        for (k, val) in o {
+            if !val.is_object() {
+                out.push_str(&format!("{k} = {}\n", toml_value(val)));
+            }
+        }
+        for (k, val) in o {
+            if val.is_object() {
+                write_table(&mut out, &format!("destinations.{k}"), val);
+            }
+        }
+    }
+    out
+}
+
+fn write_table(out: &mut String, name: &str, body: &serde_json::Value) {
+    let Some(o) = body.as_object() else { return };
+    let scalars: Vec<_> = o.iter().filter(|(_, v)| !v.is_object()).collect();
+    if !scalars.is_empty() || o.is_empty() {
+        out.push_str(&format!("\n[{name}]\n"));
+        for (k, v) in scalars {
+            out.push_str(&format!("{k} = {}\n", toml_value(v)));
+        }
+    }
+    for (k, v) in o.iter().filter(|(_, v)| v.is_object()) {
+        write_table(out, &format!("{name}.{k}"), v);
+    }
+}
+
+fn toml_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => serde_json::to_string(s).unwrap(),
+        serde_json::Value::Array(a) => {
+            format!(
+                "[{}]",
+                a.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn defaults_without_a_file_spool_to_data_and_listen_on_loopback() {
+    let cfg = Config::load(None, &env(&[])).unwrap();
+    assert_eq!(cfg.storage.dir, PathBuf::from("./data"));
+    assert_eq!(cfg.receivers.otlp.grpc, "127.0.0.1:4317");
+    assert_eq!(cfg.receivers.otlp.http, "127.0.0.1:4318");
+    assert_eq!(cfg.storage.max_bytes, ByteSize(4 << 30));
+    assert_eq!(cfg.storage.fsync, FsyncMode::Always);
+    assert!(cfg.destinations.is_empty());
+}
+
+#[test]
+fn a_file_and_environment_overrides_combine() {
+    let f = file(
+        r#"
+        [storage]
+        dir = "/var/lib/tracespool"
+        max_bytes = "8GiB"
+        when_full = "drop_oldest"
+
+        [[destinations]]
+        name = "central"
+        endpoint = "http://collector:4318"
+        protocol = "http"
+        headers = { "x-api-key" = "secret" }
+        retry.initial_backoff = "1s"
+        "#,
+    );
+    let cfg = Config::load(
+        Some(f.path()),
+        &env(&[
+            ("TRACESPOOL__STORAGE__MAX_BYTES", "2GiB"),
+            ("TRACESPOOL__RECEIVERS__OTLP__GRPC", "0.0.0.0:14317"),
+            ("TRACESPOOL__DEDUP__MAX_KEYS", "10"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.storage.dir, PathBuf::from("/var/lib/tracespool"));
+    assert_eq!(cfg.storage.max_bytes, ByteSize(2 << 30));
+    assert_eq!(cfg.storage.when_full, WhenFull::DropOldest);
+    assert_eq!(cfg.receivers.otlp.grpc, "0.0.0.0:14317");
+    assert_eq!(cfg.dedup.max_keys, 10);
+    assert_eq!(
+        cfg.destinations.len(),
+        1,
+        "OTEL variables only apply without destinations"
+    );
+    let d = &cfg.destinations[0];
+    assert_eq!(d.retry.initial_backoff.0, Duration::from_secs(1));
+    assert_eq!(
+        d.export_uri().unwrap().to_string(),
+        "http://collector:4318/v1/traces"
+    );
+    assert_eq!(d.max_in_flight, 8);
+}
+
+#[test]
+fn otel_variables_make_a_destination_when_none_is_configured() {
+    let cfg = Config::load(
+        None,
+        &env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.destinations.len(), 1);
+    assert_eq!(cfg.destinations[0].protocol, Protocol::Grpc);
+    assert_eq!(
+        cfg.destinations[0].export_uri().unwrap().to_string(),
+        "http://collector:4317/"
+    );
+}
+
+fn load_err(text: &str, vars: &[(&str, &str)]) -> String {
+    let f = file(text);
+    Config::load(Some(f.path()), &env(vars)).unwrap_err().0
+}
+
+#[test]
+fn bad_configs_name_the_key_and_the_problem() {
+    let e = load_err("[storage]\nmax_bytes = \"4XB\"\n", &[]);
+    assert!(
+        e.contains("storage.max_bytes") && e.contains("unknown unit"),
+        "{e}"
+    );
+    let e = load_err("[storage]\nmax_byte = \"4GiB\"\n", &[]);
+    assert!(e.contains("max_byte") && e.contains("unknown field"), "{e}");
+    let e = load_err("[storage]\nfsync = \"sometimes\"\n", &[]);
+    assert!(
+        e.contains("storage.fsync") && e.contains("sometimes"),
+        "{e}"
+    );
+    let e = load_err("[receivers.otlp]\ngrpc = \"localhost\"\n", &[]);
+    assert!(e.contains("receivers.otlp.grpc"), "{e}");
+    let e = load_err(
+        "[[destinations]]\nname = \"a\"\nendpoint = \"ftp://x\"\n",
+        &[],
+    );
+    assert!(
+        e.contains("destinations[0].endpoint") && e.contains("http://"),
+        "{e}"
+    );
+    let e = load_err(
+        "[[destinations]]\nname = \"a\"\nendpoint = \"http://x:1\"\n[[destinations]]\nname = \"a\"\nendpoint = \"http://y:1\"\n",
+        &[],
+    );
+    assert!(
+        e.contains("destinations[1].name") && e.contains("used by another"),
+        "{e}"
+    );
+    let e = load_err(
+        "[storage]\nsegment_bytes = \"1MiB\"\nmax_bytes = \"512KiB\"\n",
+        &[],
+    );
+    assert!(e.contains("storage.max_bytes"), "{e}");
+    let e = load_err("", &[("TRACESPOOL__STORAGE__FSYNC_INTERVAL", "5")]);
+    assert!(
+        e.contains("storage.fsync_interval") && e.contains("give a unit"),
+        "{e}"
+    );
+    let e = Config::load(Some(std::path::Path::new("/nonexistent/t.toml")), &env(&[]))
+        .unwrap_err()
+        .0;
+    assert!(e.contains("does not exist"), "{e}");
+}
+
+#[test]
+fn effective_config_hides_header_values_and_reloads_to_the_same() {
+    let f = file(
+        r#"
+        [[destinations]]
+        name = "central"
+        endpoint = "http://collector:4317"
+        headers = { "x-api-key" = "hunter2" }
+        "#,
+    );
+    let cfg = Config::load(Some(f.path()), &env(&[])).unwrap();
+    let shown = cfg.to_redacted_toml();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+    // What is printed is itself a valid configuration with the same settings.
+    let again = Config::load(Some(file(&shown).path()), &env(&[])).unwrap();
+    assert_eq!(again.to_redacted_toml(), shown);
+    assert_eq!(again.storage.max_bytes, cfg.storage.max_bytes);
+    assert_eq!(again.destinations[0].timeout, cfg.destinations[0].timeout);
+}

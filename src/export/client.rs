@@ -1,0 +1,447 @@
+//! Sending one stored record to a destination, over OTLP/gRPC (tonic, pass-through
+//! codec) or OTLP/HTTP protobuf (hyper), and sorting the answer into what the replay
+//! worker does next.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::config::{Compression, DestinationConfig, Protocol};
+use crate::otlp::codec::{RawCodec, EXPORT_PATH};
+use crate::otlp::partial_success;
+
+/// The outcome of one export attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Accepted; `rejected` spans were refused by the backend (partial success).
+    Ok { rejected: i64, message: String },
+    /// Worth retrying: unavailable, overloaded, timed out, connection refused/reset.
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// The credentials were refused: retried (credentials get fixed), loudly.
+    Auth { reason: String },
+    /// The backend will never accept this record: dead-letter it.
+    Permanent { reason: String },
+}
+
+/// Largest response body read from an OTLP/HTTP backend.
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+#[derive(Clone)]
+pub enum Client {
+    Grpc(GrpcClient),
+    Http(Box<HttpClient>),
+}
+
+impl Client {
+    pub fn new(cfg: &DestinationConfig) -> Result<Self, String> {
+        let uri = cfg.export_uri()?;
+        let timeout = cfg.timeout.0;
+        match cfg.protocol {
+            Protocol::Grpc => {
+                let endpoint = Endpoint::from(uri)
+                    .connect_timeout(timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_while_idle(true);
+                let mut headers = MetadataMap::new();
+                for (k, v) in &cfg.headers {
+                    let key = AsciiMetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                        .map_err(|e| format!("header {k:?}: {e}"))?;
+                    let value = AsciiMetadataValue::try_from(v.as_str())
+                        .map_err(|e| format!("header {k:?}: {e}"))?;
+                    headers.insert(key, value);
+                }
+                Ok(Self::Grpc(GrpcClient {
+                    channel: endpoint.connect_lazy(),
+                    headers,
+                    timeout,
+                    gzip: cfg.compression == Compression::Gzip,
+                }))
+            }
+            Protocol::Http => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(timeout));
+                let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .build(connector);
+                let mut headers = http::HeaderMap::new();
+                for (k, v) in &cfg.headers {
+                    headers.insert(
+                        http::HeaderName::from_bytes(k.as_bytes())
+                            .map_err(|e| format!("header {k:?}: {e}"))?,
+                        http::HeaderValue::from_str(v).map_err(|e| format!("header {k:?}: {e}"))?,
+                    );
+                }
+                Ok(Self::Http(Box::new(HttpClient {
+                    client,
+                    uri,
+                    headers,
+                    timeout,
+                    gzip: cfg.compression == Compression::Gzip,
+                })))
+            }
+        }
+    }
+
+    /// Sends one `ExportTraceServiceRequest` (protobuf bytes) with its idempotency key.
+    /// Returns the outcome and the bytes put on the wire (after compression).
+    pub async fn send(&self, payload: Bytes, key: &str) -> (Sent, u64) {
+        match self {
+            Self::Grpc(c) => c.send(payload, key).await,
+            Self::Http(c) => c.send(payload, key).await,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcClient {
+    channel: Channel,
+    headers: MetadataMap,
+    timeout: Duration,
+    gzip: bool,
+}
+
+impl GrpcClient {
+    async fn send(&self, payload: Bytes, key: &str) -> (Sent, u64) {
+        let wire = payload.len() as u64;
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        if self.gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
+        let mut req = tonic::Request::new(payload);
+        *req.metadata_mut() = self.headers.clone();
+        if let Ok(v) = AsciiMetadataValue::try_from(key) {
+            req.metadata_mut().insert("idempotency-key", v);
+        }
+        req.set_timeout(self.timeout);
+        let call = async {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+            grpc.unary::<Bytes, Bytes, _>(
+                req,
+                http::uri::PathAndQuery::from_static(EXPORT_PATH),
+                RawCodec,
+            )
+            .await
+        };
+        let outcome = match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Sent::Transient {
+                reason: format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+                retry_after: None,
+            },
+            Ok(Ok(response)) => match partial_success(&response.into_inner()) {
+                Some((rejected, message)) => Sent::Ok { rejected, message },
+                None => Sent::Ok {
+                    rejected: 0,
+                    message: String::new(),
+                },
+            },
+            Ok(Err(status)) => classify_grpc(&status),
+        };
+        (outcome, wire)
+    }
+}
+
+/// Sorts a gRPC status (OTLP specification, "Failures"): the retryable codes are
+/// retried (RESOURCE_EXHAUSTED only with `RetryInfo`); UNAUTHENTICATED and
+/// PERMISSION_DENIED are retried as auth failures; codes that say the request itself
+/// is wrong are permanent. Codes not named by the
+/// specification are retried rather than risk dead-lettering data over a transport
+/// hiccup (tonic reports some connection failures as UNKNOWN or INTERNAL).
+pub fn classify_grpc(status: &tonic::Status) -> Sent {
+    let reason = format!("{:?}: {}", status.code(), status.message());
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => Sent::Auth { reason },
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::Unimplemented => Sent::Permanent { reason },
+        // Retryable only when the server says recovery is possible (RetryInfo).
+        Code::ResourceExhausted => match crate::otlp::retry_delay(status) {
+            None => Sent::Permanent { reason },
+            hint => Sent::Transient {
+                reason,
+                retry_after: hint,
+            },
+        },
+        _ => Sent::Transient {
+            retry_after: crate::otlp::retry_delay(status),
+            reason,
+        },
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpClient {
+    client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    timeout: Duration,
+    gzip: bool,
+}
+
+impl HttpClient {
+    async fn send(&self, payload: Bytes, key: &str) -> (Sent, u64) {
+        let body = if self.gzip { gzip(&payload) } else { payload };
+        let wire = body.len() as u64;
+        let mut req = http::Request::post(self.uri.clone());
+        if let Some(h) = req.headers_mut() {
+            *h = self.headers.clone();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/x-protobuf"),
+            );
+            if self.gzip {
+                h.insert(
+                    http::header::CONTENT_ENCODING,
+                    http::HeaderValue::from_static("gzip"),
+                );
+            }
+            if let Ok(v) = http::HeaderValue::from_str(key) {
+                h.insert("idempotency-key", v);
+            }
+        }
+        let req = match req.body(Full::new(body)) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    Sent::Permanent {
+                        reason: format!("building request: {e}"),
+                    },
+                    0,
+                )
+            }
+        };
+        let call = async {
+            let response = self.client.request(req).await.map_err(|e| {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    src = s.source();
+                }
+                msg
+            })?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, String>((status, retry_after, body))
+        };
+        let outcome = match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Sent::Transient {
+                reason: format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+                retry_after: None,
+            },
+            Ok(Err(e)) => Sent::Transient {
+                reason: e,
+                retry_after: None,
+            },
+            Ok(Ok((status, retry_after, body))) => classify_http(status, retry_after, &body),
+        };
+        (outcome, wire)
+    }
+}
+
+/// Sorts an OTLP/HTTP answer (OTLP specification): 2xx accepted (maybe partially);
+/// 429, 502, 503, 504 retried (honouring `Retry-After`); 401 and 403 retried as auth
+/// failures; every other status is permanent.
+pub fn classify_http(status: http::StatusCode, retry_after: Option<Duration>, body: &[u8]) -> Sent {
+    let code = status.as_u16();
+    let detail = || {
+        let text = crate::otlp::RpcStatus::decode_message(body)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
+        format!("HTTP {code}: {text}")
+    };
+    match code {
+        200..=299 => match partial_success(body) {
+            Some((rejected, message)) => Sent::Ok { rejected, message },
+            None => Sent::Ok {
+                rejected: 0,
+                message: String::new(),
+            },
+        },
+        429 | 502 | 503 | 504 => Sent::Transient {
+            reason: detail(),
+            retry_after,
+        },
+        401 | 403 => Sent::Auth { reason: detail() },
+        _ => Sent::Permanent { reason: detail() },
+    }
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate(v)?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+fn httpdate(v: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339_weak(&rfc1123_to_rfc3339(v)?).ok()
+}
+
+/// "Sun, 06 Nov 1994 08:49:37 GMT" → "1994-11-06 08:49:37".
+fn rfc1123_to_rfc3339(v: &str) -> Option<String> {
+    let parts: Vec<&str> = v.split_whitespace().collect();
+    if parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = months.iter().position(|m| *m == parts[2])? + 1;
+    let day: u32 = parts[1].parse().ok()?;
+    let year: u32 = parts[3].parse().ok()?;
+    Some(format!("{year:04}-{month:02}-{day:02} {}", parts[4]))
+}
+
+fn gzip(data: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4),
+        flate2::Compression::fast(),
+    );
+    let _ = e.write_all(data);
+    Bytes::from(e.finish().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_sort_as_the_specification_says() {
+        use tonic::Status;
+        assert!(matches!(
+            classify_grpc(&Status::unavailable("x")),
+            Sent::Transient { .. }
+        ));
+        assert!(matches!(
+            classify_grpc(&Status::deadline_exceeded("x")),
+            Sent::Transient { .. }
+        ));
+        assert!(matches!(
+            classify_grpc(&Status::aborted("x")),
+            Sent::Transient { .. }
+        ));
+        assert!(matches!(
+            classify_grpc(&Status::unknown("transport error")),
+            Sent::Transient { .. }
+        ));
+        assert!(matches!(
+            classify_grpc(&Status::invalid_argument("x")),
+            Sent::Permanent { .. }
+        ));
+        assert!(matches!(
+            classify_grpc(&Status::unauthenticated("x")),
+            Sent::Auth { .. }
+        ));
+        assert!(matches!(
+            classify_grpc(&Status::permission_denied("x")),
+            Sent::Auth { .. }
+        ));
+        let full = crate::status::Rejection::Full {
+            retry_after: Duration::from_secs(3),
+            detail: "full".into(),
+        }
+        .grpc_status();
+        assert_eq!(
+            classify_grpc(&full),
+            Sent::Transient {
+                reason: "ResourceExhausted: full".into(),
+                retry_after: Some(Duration::from_secs(3))
+            }
+        );
+        let too_large =
+            crate::status::Rejection::TooLarge("request exceeds the limit".into()).grpc_status();
+        assert!(matches!(classify_grpc(&too_large), Sent::Permanent { .. }));
+    }
+
+    #[test]
+    fn http_statuses_sort_as_the_specification_says() {
+        use http::StatusCode as S;
+        assert!(matches!(
+            classify_http(S::OK, None, b""),
+            Sent::Ok { rejected: 0, .. }
+        ));
+        let partial = crate::otlp::partial_success_response(3, "bad spans");
+        assert_eq!(
+            classify_http(S::OK, None, &partial),
+            Sent::Ok {
+                rejected: 3,
+                message: "bad spans".into()
+            }
+        );
+        for s in [429, 502, 503, 504] {
+            assert!(matches!(
+                classify_http(S::from_u16(s).unwrap(), Some(Duration::from_secs(2)), b""),
+                Sent::Transient {
+                    retry_after: Some(_),
+                    ..
+                }
+            ));
+        }
+        assert!(matches!(
+            classify_http(S::UNAUTHORIZED, None, b""),
+            Sent::Auth { .. }
+        ));
+        assert!(matches!(
+            classify_http(S::FORBIDDEN, None, b""),
+            Sent::Auth { .. }
+        ));
+        assert!(matches!(
+            classify_http(S::BAD_REQUEST, None, b""),
+            Sent::Permanent { .. }
+        ));
+        assert!(matches!(
+            classify_http(S::PAYLOAD_TOO_LARGE, None, b""),
+            Sent::Permanent { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

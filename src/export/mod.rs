@@ -1,0 +1,296 @@
+//! Forwarding: one replay worker per destination drains the log in seq order through
+//! its own durable cursor, with up to `max_in_flight` exports at once.
+//!
+//! Each record is exported as-is (the stored protobuf bytes, zero-copy from the
+//! segment mapping) with `idempotency-key: <instance-id>-<seq>`, the same on every
+//! retry and after restarts. Records are never merged, so keys are stable by
+//! construction. Outcomes:
+//!
+//! - accepted → the cursor acknowledges the seq (it advances once every earlier seq
+//!   is acknowledged too); rejected spans of a partial success are logged;
+//! - transient (unavailable, overloaded, timeout, refused/reset connection) → retried
+//!   with exponential backoff and full jitter, honouring `RetryInfo`/`Retry-After`,
+//!   for as long as the record is in the log: there is no give-up timer;
+//! - auth failure → retried the same way, logged as an error on every attempt;
+//! - permanent → kept as a dead letter, then acknowledged.
+//!
+//! Gaps the reader reports (records evicted by `drop_oldest`, or damaged) are
+//! acknowledged so the cursor moves on; the losses themselves are counted and
+//! logged where the log reports them (see `app.rs`).
+
+pub mod client;
+pub mod retry;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracespool_storage::{Cursor, GapCause, ReadItem, Record};
+
+use crate::config::DestinationConfig;
+use crate::deadletter::DeadLetters;
+use crate::otlp::CODEC_OTLP_TRACES_PROTOBUF;
+use client::{Client, Sent};
+use retry::Backoff;
+
+/// Totals of one destination, for logs and tests.
+#[derive(Debug, Default)]
+pub struct DestinationStats {
+    pub exported_records: AtomicU64,
+    pub exported_spans: AtomicU64,
+    pub rejected_spans: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub retries: AtomicU64,
+    pub egress_bytes: AtomicU64,
+}
+
+pub struct Worker {
+    pub name: String,
+    pub cfg: DestinationConfig,
+    pub client: Client,
+    pub cursor: Cursor,
+    pub instance_id: String,
+    pub dead_letters: DeadLetters,
+    pub stats: Arc<DestinationStats>,
+}
+
+/// Transient failures are logged at most this often per destination (each auth
+/// failure is logged).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl Worker {
+    /// Runs until `stop` is cancelled. Exports in flight at that moment are
+    /// abandoned; their records are exported again after the restart.
+    pub async fn run(self, stop: CancellationToken) {
+        let this = Arc::new(self);
+        let mut reader = this.cursor.reader();
+        let slots = Arc::new(Semaphore::new(this.cfg.max_in_flight));
+        let mut tasks = JoinSet::new();
+        let last_warn = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        tracing::info!(
+            destination = %this.name,
+            endpoint = %this.cfg.endpoint,
+            protocol = ?this.cfg.protocol,
+            from_seq = reader.next_seq(),
+            "replay worker started"
+        );
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = stop.cancelled() => break,
+            };
+            let item = tokio::select! {
+                item = reader.next() => item,
+                _ = stop.cancelled() => break,
+            };
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(destination = %this.name, error = %e, "export task failed");
+                }
+            }
+            match item {
+                Err(e) => {
+                    tracing::info!(destination = %this.name, error = %e, "log closed; replay worker stops");
+                    break;
+                }
+                Ok(ReadItem::Gap(gap)) => {
+                    match &gap.cause {
+                        GapCause::NotRetained => tracing::debug!(
+                            destination = %this.name,
+                            first_seq = gap.first_seq,
+                            last_seq = gap.last_seq,
+                            "skipping records no longer on disk"
+                        ),
+                        GapCause::Damaged(lost) => tracing::error!(
+                            destination = %this.name,
+                            first_seq = gap.first_seq,
+                            last_seq = gap.last_seq,
+                            segment = lost.segment,
+                            offset = lost.offset,
+                            reason = %lost.reason,
+                            "skipping damaged records"
+                        ),
+                    }
+                    this.ack(gap.first_seq, gap.last_seq);
+                    drop(permit);
+                }
+                Ok(ReadItem::Record(record)) => {
+                    let w = this.clone();
+                    let stop = stop.clone();
+                    let last_warn = last_warn.clone();
+                    tasks.spawn(async move {
+                        w.deliver(record, &stop, &last_warn, started).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        tasks.shutdown().await;
+        tracing::info!(destination = %this.name, position = this.cursor.position(), "replay worker stopped");
+    }
+
+    /// Acknowledges seqs that were skipped, not delivered.
+    fn ack(&self, first: u64, last: u64) {
+        if let Err(e) = self.cursor.ack_range(first, last) {
+            tracing::error!(destination = %self.name, first, last, error = %e, "cursor ack failed");
+        }
+    }
+
+    /// Acknowledges a record that reached its end (delivered or dead-lettered). If
+    /// `drop_oldest` evicted it meanwhile, it was counted as dropped for this
+    /// destination; say that it was not.
+    fn done(&self, record: &Record, how: &str) {
+        match self.cursor.ack(record.seq) {
+            Ok(ack) if ack.after_eviction => tracing::info!(
+                destination = %self.name,
+                seq = record.seq,
+                spans = record.span_count,
+                outcome = how,
+                "evicted record was not dropped after all: it was in flight and completed"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(destination = %self.name, seq = record.seq, error = %e, "cursor ack failed")
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        record: Record,
+        stop: &CancellationToken,
+        last_warn: &AtomicU64,
+        started: Instant,
+    ) {
+        let seq = record.seq;
+        let key = format!("{}-{seq}", self.instance_id);
+        if record.codec != CODEC_OTLP_TRACES_PROTOBUF {
+            self.dead_letter(
+                &record,
+                &key,
+                0,
+                &format!("unknown record codec {}", record.codec.0),
+            );
+            return;
+        }
+        let mut backoff = Backoff::new(
+            self.cfg.retry.initial_backoff.0,
+            self.cfg.retry.max_backoff.0,
+        );
+        loop {
+            let attempt = backoff.attempts() + 1;
+            let (sent, wire) = self.client.send(record.payload.clone(), &key).await;
+            self.stats.egress_bytes.fetch_add(wire, Ordering::Relaxed);
+            let wait = match sent {
+                Sent::Ok { rejected, message } => {
+                    self.stats.exported_records.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .exported_spans
+                        .fetch_add(record.span_count as u64, Ordering::Relaxed);
+                    if rejected > 0 || !message.is_empty() {
+                        self.stats
+                            .rejected_spans
+                            .fetch_add(rejected.max(0) as u64, Ordering::Relaxed);
+                        tracing::warn!(
+                            destination = %self.name,
+                            seq,
+                            rejected_spans = rejected,
+                            detail = %message,
+                            "backend accepted the batch partially"
+                        );
+                    }
+                    tracing::debug!(destination = %self.name, seq, spans = record.span_count, attempts = attempt, "exported");
+                    self.done(&record, "delivered");
+                    return;
+                }
+                Sent::Permanent { reason } => {
+                    self.dead_letter(&record, &key, attempt, &reason);
+                    return;
+                }
+                Sent::Auth { reason } => {
+                    let wait = backoff.next(None);
+                    tracing::error!(
+                        destination = %self.name,
+                        seq,
+                        attempt,
+                        retry_in_ms = wait.as_millis() as u64,
+                        reason = %reason,
+                        "destination refused our credentials; retrying until they are fixed"
+                    );
+                    wait
+                }
+                Sent::Transient {
+                    reason,
+                    retry_after,
+                } => {
+                    let wait = backoff.next(retry_after);
+                    let now = started.elapsed().as_secs() + 1;
+                    let last = last_warn.load(Ordering::Relaxed);
+                    if now >= last + WARN_EVERY.as_secs()
+                        && last_warn
+                            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        tracing::warn!(
+                            destination = %self.name,
+                            seq,
+                            attempt,
+                            retry_in_ms = wait.as_millis() as u64,
+                            reason = %reason,
+                            "export failed; retrying"
+                        );
+                    } else {
+                        tracing::debug!(destination = %self.name, seq, attempt, reason = %reason, "export failed; retrying");
+                    }
+                    wait
+                }
+            };
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return,
+            }
+            if self.cursor.is_evicted(seq) {
+                // drop_oldest deleted it while we retried; it is counted as dropped.
+                // Stop holding its (deleted) segment's pages.
+                tracing::debug!(destination = %self.name, seq, "record evicted while being retried; giving up on it");
+                self.ack(seq, seq);
+                return;
+            }
+        }
+    }
+
+    fn dead_letter(&self, record: &Record, key: &str, attempts: u32, reason: &str) {
+        match self
+            .dead_letters
+            .store(&self.name, record, key, attempts, reason)
+        {
+            Ok(_) => {
+                self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    destination = %self.name,
+                    seq = record.seq,
+                    spans = record.span_count,
+                    attempts,
+                    reason = %reason,
+                    "destination refused the batch permanently; kept as a dead letter"
+                );
+                self.done(record, "dead_letter");
+            }
+            Err(e) => {
+                // Not acknowledged: the record stays in the log and is tried again
+                // after a restart rather than lost.
+                tracing::error!(
+                    destination = %self.name,
+                    seq = record.seq,
+                    error = %e,
+                    "could not write a dead letter; the record stays in the log"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The instance id: created once per data directory and kept in it, so the
+//! idempotency keys `<instance-id>-<seq>` of exported batches stay the same across
+//! retries and restarts, and differ between tracespools.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+const FILE: &str = "instance-id";
+
+/// Reads `<dir>/instance-id`, creating it (durably) the first time.
+pub fn load_or_create(dir: &Path) -> io::Result<String> {
+    let path = dir.join(FILE);
+    match fs::read_to_string(&path) {
+        Ok(s) => {
+            let id = s.trim().to_string();
+            if valid(&id) {
+                return Ok(id);
+            }
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} holds {id:?}, not an instance id (letters, digits and '-', 1 to 64 characters); fix or delete it",
+                    path.display()
+                ),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut raw = [0u8; 8];
+            getrandom::fill(&mut raw).map_err(|e| io::Error::other(e.to_string()))?;
+            let id = format!(
+                "tsp-{}",
+                raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            );
+            let tmp = dir.join(format!("{FILE}.tmp"));
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(format!("{id}\n").as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            fs::File::open(dir)?.sync_all()?;
+            tracing::info!(instance_id = %id, file = %path.display(), "created instance id");
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn valid(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_once_then_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create(dir.path()).unwrap();
+        assert!(a.starts_with("tsp-") && a.len() == 20, "{a}");
+        assert_eq!(load_or_create(dir.path()).unwrap(), a);
+        fs::write(dir.path().join(FILE), "not valid!\n").unwrap();
+        assert!(load_or_create(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("not an instance id"));
+    }
+}

@@ -1,0 +1,30 @@
+//! tracespool: a durable, disk-backed forwarder for OpenTelemetry traces.
+//!
+//! The data path reads one way: receive → check → append (durable) → answer;
+//! log → export → cursor. Receivers and exporters never call each other.
+//!
+//! | module       | what it holds                                                        |
+//! |--------------|----------------------------------------------------------------------|
+//! | [`config`]   | typed configuration: file, environment overrides, OTEL variables     |
+//! | [`receiver`] | OTLP/gRPC and OTLP/HTTP receivers and the shared ingest step         |
+//! | [`status`]   | how refusals become gRPC and HTTP statuses (one place)               |
+//! | [`otlp`]     | protobuf check without decoding, JSON conversion, pass-through codec |
+//! | [`dedup`]    | idempotency keys seen within the window, crash-consistent            |
+//! | [`export`]   | replay workers, OTLP clients, retry with backoff                     |
+//! | [`deadletter`] | records refused permanently, kept on disk                          |
+//! | [`instance`] | the instance id used in export idempotency keys                      |
+//! | [`app`]      | wiring and shutdown                                                  |
+//!
+//! The write-ahead log itself is the `tracespool-storage` crate in `storage/`.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod deadletter;
+pub mod dedup;
+pub mod export;
+pub mod instance;
+pub mod otlp;
+pub mod receiver;
+pub mod status;
+pub mod telemetry;

@@ -1,0 +1,281 @@
+//! The OTLP/HTTP receiver: `POST /v1/traces` with `application/x-protobuf` or
+//! `application/json`, optionally `Content-Encoding: gzip`. Protobuf bodies are
+//! stored as sent; JSON is converted to protobuf once. Responses follow the OTLP
+//! specification: 200 with an `ExportTraceServiceResponse` in the request's
+//! encoding, or an error status with a `google.rpc.Status` body and, when a retry
+//! makes sense, `Retry-After`.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, Limited};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{Batch, Ingest, Rejection, Source};
+use crate::otlp::json::json_to_protobuf;
+use crate::otlp::wire::inspect_trace_request;
+
+#[derive(Clone)]
+struct HttpState {
+    ingest: Arc<Ingest>,
+    max_request_bytes: usize,
+    max_decompressed_bytes: usize,
+}
+
+pub fn router(
+    ingest: Arc<Ingest>,
+    max_request_bytes: usize,
+    max_decompressed_bytes: usize,
+) -> Router {
+    Router::new()
+        .route("/v1/traces", post(export))
+        .with_state(HttpState {
+            ingest,
+            max_request_bytes,
+            max_decompressed_bytes,
+        })
+}
+
+/// Serves OTLP/HTTP on `listener` until `stop` is cancelled, then lets in-flight
+/// requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let addr = listener.local_addr().ok();
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await
+    .map_err(|e| format!("OTLP/HTTP receiver on {addr:?}: {e}"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+async fn export(
+    State(st): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    // Errors before the content type is known answer in protobuf.
+    let encoding = match content_type(&headers) {
+        Ok(e) => e,
+        Err(r) => return reject(r, Encoding::Protobuf, peer),
+    };
+    match handle(&st, peer, &headers, body, encoding).await {
+        Ok(()) => {
+            let (ct, body): (&'static str, &'static [u8]) = match encoding {
+                // An empty ExportTraceServiceResponse.
+                Encoding::Protobuf => ("application/x-protobuf", b""),
+                Encoding::Json => ("application/json", b"{}"),
+            };
+            ([(header::CONTENT_TYPE, ct)], body).into_response()
+        }
+        Err(r) => reject(r, encoding, peer),
+    }
+}
+
+fn reject(r: Rejection, encoding: Encoding, peer: SocketAddr) -> Response {
+    tracing::debug!(reason = r.kind(), detail = %r.message(), %peer, "http request refused");
+    let json = encoding == Encoding::Json;
+    let mut response = (
+        r.http_status(),
+        [(
+            header::CONTENT_TYPE,
+            if json {
+                "application/json"
+            } else {
+                "application/x-protobuf"
+            },
+        )],
+        r.http_body(json),
+    )
+        .into_response();
+    if let Some(secs) = r.retry_after_secs() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+fn content_type(headers: &HeaderMap) -> Result<Encoding, Rejection> {
+    let raw = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
+        "application/json" => Ok(Encoding::Json),
+        _ => Err(Rejection::UnsupportedMedia(format!(
+            "unsupported Content-Type {raw:?}: use application/x-protobuf or application/json"
+        ))),
+    }
+}
+
+async fn handle(
+    st: &HttpState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+    encoding: Encoding,
+) -> Result<(), Rejection> {
+    let gzip = match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") | Some("identity") => false,
+        Some("gzip") => true,
+        Some(other) => {
+            return Err(Rejection::UnsupportedMedia(format!(
+                "unsupported Content-Encoding {other:?}: use gzip or none"
+            )))
+        }
+    };
+    let key = Ingest::check_key(
+        headers
+            .get("idempotency-key")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default(),
+    )?;
+    let too_large = |n: String| {
+        Rejection::TooLarge(format!(
+            "request body of {n} bytes exceeds receivers.otlp.max_request_bytes ({})",
+            st.max_request_bytes
+        ))
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > st.max_request_bytes as u64 {
+            return Err(too_large(len.to_string()));
+        }
+    }
+    let raw = Limited::new(body, st.max_request_bytes)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large("more than that".into())
+            } else {
+                Rejection::Invalid(format!("reading the request body failed: {e}"))
+            }
+        })?
+        .to_bytes();
+    let body = if gzip {
+        let limit = st.max_decompressed_bytes;
+        if raw.len() > 256 * 1024 {
+            tokio::task::spawn_blocking(move || gunzip(&raw, limit))
+                .await
+                .map_err(|e| Rejection::Unavailable(e.to_string()))??
+        } else {
+            gunzip(&raw, limit)?
+        }
+    } else {
+        raw
+    };
+    let (protobuf, spans, source) = match encoding {
+        Encoding::Protobuf => {
+            let summary =
+                inspect_trace_request(&body).map_err(|e| Rejection::Invalid(e.to_string()))?;
+            (body, summary.spans, Source::HttpProtobuf)
+        }
+        Encoding::Json => {
+            let (pb, summary) = json_to_protobuf(&body).map_err(Rejection::Invalid)?;
+            (Bytes::from(pb), summary.spans, Source::HttpJson)
+        }
+    };
+    st.ingest
+        .store(Batch {
+            protobuf,
+            spans,
+            key,
+            source,
+            peer: Some(peer),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Inflates a gzip body, refusing to produce more than `limit` bytes.
+fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, Rejection> {
+    let mut out = Vec::with_capacity((raw.len() * 4).min(limit));
+    let mut decoder = flate2::read::MultiGzDecoder::new(raw).take(limit as u64 + 1);
+    decoder
+        .read_to_end(&mut out)
+        .map_err(|e| Rejection::Invalid(format!("invalid gzip body: {e}")))?;
+    if out.len() > limit {
+        return Err(Rejection::TooLarge(format!(
+            "request decompresses to more than receivers.otlp.max_decompressed_bytes ({limit})"
+        )));
+    }
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn gunzip_bounds_output_and_reports_truncation() {
+        let data = vec![7u8; 100_000];
+        let z = gz(&data);
+        assert_eq!(&gunzip(&z, 100_000).unwrap()[..], &data[..]);
+        assert!(matches!(gunzip(&z, 99_999), Err(Rejection::TooLarge(_))));
+        let e = gunzip(&z[..z.len() / 2], 1 << 20).unwrap_err();
+        assert!(
+            matches!(&e, Rejection::Invalid(m) if m.starts_with("invalid gzip body")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn content_types_are_recognised_with_parameters() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        assert!(content_type(&h).is_ok_and(|e| e == Encoding::Json));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(matches!(
+            content_type(&h),
+            Err(Rejection::UnsupportedMedia(_))
+        ));
+    }
+}

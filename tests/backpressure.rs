@@ -1,0 +1,224 @@
+//! Backpressure: a small disk budget fills during an outage. With `backpressure`,
+//! clients get RESOURCE_EXHAUSTED (with RetryInfo) / 429 (with Retry-After), never a
+//! success for a batch that was not stored, and their retries succeed once the
+//! backend is back; nothing acknowledged is lost. With `drop_oldest`, nothing is
+//! refused and the drops are counted exactly.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use support::backend::{Backend, Kind};
+use support::raw;
+use support::spool::{sum_field, Dest, Spool};
+
+const STORAGE: &str = "max_bytes = \"256KiB\"\nsegment_bytes = \"32KiB\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_refuses_with_retry_hints_and_clients_succeed_after_the_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = Backend::start(Kind::Grpc).await;
+    let mut spool = Spool::new(
+        dir.path(),
+        STORAGE,
+        &[Dest::new("b", &backend.endpoint(), "grpc")],
+    );
+    spool.start();
+    backend.stop();
+
+    // Fill the budget with ~12 KiB batches until the spool refuses.
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    let mut batch = 0u64;
+    let refusal = loop {
+        let (body, ids) = raw::request("fill", batch, 70);
+        batch += 1;
+        match raw::grpc_export(&spool.grpc_endpoint(), body, None).await {
+            Ok(()) => acked.extend(ids),
+            Err(status) => break status,
+        }
+        assert!(batch < 200, "the 256 KiB budget never filled");
+    };
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::ResourceExhausted,
+        "{refusal:?}"
+    );
+    let hint = tracespool::otlp::retry_delay(&refusal).expect("RetryInfo");
+    assert_eq!(hint, Duration::from_secs(1));
+    // The same over HTTP: 429 with Retry-After.
+    let (body, _) = raw::request("fill", 999, 70);
+    let a = raw::http_post(
+        &spool.http_endpoint(),
+        &[("content-type", "application/x-protobuf")],
+        body,
+    )
+    .await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.headers["retry-after"], "1");
+    // Python SDK clients meanwhile: refused, retrying on their own.
+    let (g, h) = (spool.grpc_endpoint(), spool.http_endpoint());
+    let clients = [
+        support::python::spawn(
+            dir.path(),
+            "grpc",
+            &[
+                "--protocol",
+                "grpc",
+                "--endpoint",
+                &g,
+                "--batches",
+                "6",
+                "--spans",
+                "20",
+                "--prefix",
+                "pyg",
+                "--deadline",
+                "90",
+            ],
+        ),
+        support::python::spawn(
+            dir.path(),
+            "http",
+            &[
+                "--protocol",
+                "http",
+                "--endpoint",
+                &h,
+                "--batches",
+                "6",
+                "--spans",
+                "20",
+                "--prefix",
+                "pyh",
+                "--deadline",
+                "90",
+            ],
+        ),
+    ];
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    spool.note("backend back");
+    backend.restart().await;
+    let mut codes = Vec::new();
+    for c in clients {
+        let r = c.wait();
+        assert!(r.success, "client failed: {:?}\n{}", r.summary, r.stderr);
+        acked.extend(r.span_ids());
+        codes.push(r.summary["codes"].clone());
+    }
+    assert!(
+        codes[0]["RESOURCE_EXHAUSTED"].as_u64().unwrap_or(0) > 0,
+        "gRPC client never saw RESOURCE_EXHAUSTED: {codes:?}"
+    );
+    assert!(
+        codes[1]["429"].as_u64().unwrap_or(0) + codes[1]["Too Many Requests"].as_u64().unwrap_or(0)
+            > 0,
+        "HTTP client never saw 429: {codes:?}"
+    );
+    // Everything acknowledged arrives; nothing arrives that was not acknowledged.
+    let delivered = support::eventually(Duration::from_secs(60), || {
+        let got: BTreeSet<String> = backend.span_id_counts().into_keys().collect();
+        acked.is_subset(&got)
+    })
+    .await;
+    let got: BTreeSet<String> = backend.span_id_counts().into_keys().collect();
+    assert!(
+        delivered,
+        "{} acknowledged spans never arrived",
+        acked.difference(&got).count()
+    );
+    assert_eq!(got, acked, "spans arrived that were never acknowledged");
+    // Never over budget.
+    assert!(dir_bytes(&spool.data.join("wal")) <= 256 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_never_refuses_and_counts_every_dropped_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = Backend::start(Kind::Grpc).await;
+    let storage = format!("{STORAGE}\nwhen_full = \"drop_oldest\"");
+    let mut spool = Spool::new(
+        dir.path(),
+        &storage,
+        &[Dest::new("b", &backend.endpoint(), "grpc")],
+    );
+    spool.start();
+    backend.stop();
+    let mut sent = 0u64;
+    for batch in 0..80u64 {
+        let (body, _) = raw::request("drop", batch, 70);
+        raw::grpc_export(&spool.grpc_endpoint(), body, None)
+            .await
+            .expect("drop_oldest never refuses");
+        sent += 70;
+    }
+    assert!(dir_bytes(&spool.data.join("wal")) <= 256 * 1024);
+    backend.restart().await;
+    // Settled when delivered + dropped (net of drops delivered after all) = sent.
+    let settled = support::eventually(Duration::from_secs(60), || {
+        let lines = spool.log_lines();
+        let dropped = sum_field(
+            &lines,
+            "spans dropped before delivery to this destination",
+            "dropped_spans",
+            |l| l["destination"] == "b",
+        );
+        let late = sum_field(&lines, "was not dropped after all", "spans", |l| {
+            l["destination"] == "b"
+        });
+        backend.span_count() as u64 + dropped - late == sent
+    })
+    .await;
+    let lines = spool.log_lines();
+    let dropped = sum_field(
+        &lines,
+        "spans dropped before delivery to this destination",
+        "dropped_spans",
+        |l| l["destination"] == "b",
+    );
+    let late = sum_field(&lines, "was not dropped after all", "spans", |l| {
+        l["destination"] == "b"
+    });
+    assert!(
+        settled,
+        "delivered {} + dropped {dropped} - late {late} != sent {sent}",
+        backend.span_count()
+    );
+    assert!(dropped > 0, "the budget never overflowed");
+    // No span arrived twice, and the dropped ones are exactly the missing ones.
+    let counts = backend.span_id_counts();
+    assert!(counts.values().all(|&n| n == 1));
+    assert_eq!(counts.len() as u64, sent - (dropped - late));
+    // The drops are also logged as ranges: every missing batch lies in one.
+    let ranges: Vec<(u64, u64)> = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("spans dropped before delivery"))
+        })
+        .map(|l| {
+            (
+                l["first_seq"].as_u64().unwrap(),
+                l["last_seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for batch in 0..80u64 {
+        let (_, ids) = raw::request("drop", batch, 70);
+        let seq = batch + 1;
+        if !counts.contains_key(&ids[0]) {
+            assert!(
+                ranges.iter().any(|&(a, b)| (a..=b).contains(&seq)),
+                "seq {seq} missing but not reported dropped"
+            );
+        }
+    }
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}

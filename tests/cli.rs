@@ -1,0 +1,184 @@
+//! The command line: `check-config`, configuration errors, and `run` with no config
+//! file at all (spools to ./data, standard ports, OTEL_* destination).
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::backend::{Backend, Kind};
+
+fn tracespool() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tracespool"));
+    c.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("TRACESPOOL_CONFIG");
+    c
+}
+
+#[test]
+fn help_names_both_commands() {
+    let out = tracespool().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("run") && text.contains("check-config") && text.contains("--config"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        "[storage]\nmax_bytes = \"1GiB\"\n\n[[destinations]]\nname = \"central\"\nendpoint = \"http://collector:4317\"\nheaders = { \"x-api-key\" = \"hunter2\" }\n",
+    )
+    .unwrap();
+    let out = tracespool()
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env("TRACESPOOL__STORAGE__FSYNC", "interval")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("max_bytes = \"1GiB\""), "{text}");
+    assert!(text.contains("fsync = \"interval\""), "{text}");
+    assert!(text.contains("name = \"central\""), "{text}");
+    assert!(!text.contains("hunter2"), "secret printed:\n{text}");
+}
+
+#[test]
+fn a_bad_configuration_exits_2_with_one_message_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        ("[storage]\nmax_bytes = \"lots\"\n", "storage.max_bytes"),
+        ("[storage]\nwhen_full = \"panic\"\n", "storage.when_full"),
+        ("[storage]\nmaxbytes = 1\n", "maxbytes"),
+        (
+            "[[destinations]]\nname = \"x\"\nendpoint = \"ftp://nope\"\n",
+            "destinations[0].endpoint",
+        ),
+        (
+            "[[destinations]]\nname = \"x\"\nendpoint = \"http://a:1\"\nmax_in_flight = 0\n",
+            "destinations[0].max_in_flight",
+        ),
+        ("this is not toml", "TOML"),
+    ] {
+        let cfg = dir.path().join("bad.toml");
+        std::fs::write(&cfg, text).unwrap();
+        for cmd in ["check-config", "run"] {
+            let out = tracespool()
+                .arg(cmd)
+                .arg("--config")
+                .arg(&cfg)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2), "{cmd} with {text:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(key), "{cmd} with {text:?}: {err}");
+            assert_eq!(
+                err.trim()
+                    .lines()
+                    .filter(|l| l.starts_with("tracespool:"))
+                    .count(),
+                1,
+                "{err}"
+            );
+        }
+    }
+    let out = tracespool()
+        .args(["check-config", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = tracespool()
+        .arg("check-config")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OTEL_EXPORTER_OTLP_PROTOCOL"));
+}
+
+fn ports_free() -> bool {
+    std::net::TcpListener::bind("127.0.0.1:4317").is_ok()
+        && std::net::TcpListener::bind("127.0.0.1:4318").is_ok()
+}
+
+/// `tracespool run` with no config file: ./data, 127.0.0.1:4317 and :4318, and the
+/// destination from OTEL_EXPORTER_OTLP_ENDPOINT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_without_a_config_file_uses_the_standard_ports_and_otel_variables() {
+    if !ports_free() {
+        println!("SKIPPED: 127.0.0.1:4317 or :4318 is in use on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(Kind::Grpc).await;
+    let log = dir.path().join("log");
+    let mut child = tracespool()
+        .arg("run")
+        .current_dir(dir.path())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", backend.endpoint())
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = support::eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("tracespool running")
+    })
+    .await;
+    assert!(started, "{}", std::fs::read_to_string(&log).unwrap());
+    let (body, ids) = support::raw::request("noconf", 0, 2);
+    support::raw::grpc_export("http://127.0.0.1:4317", body, None)
+        .await
+        .unwrap();
+    assert!(support::eventually(Duration::from_secs(20), || backend.span_count() == 2).await);
+    assert!(backend.span_id_counts().contains_key(&ids[0]));
+    assert!(dir.path().join("data/wal").is_dir(), "spools to ./data");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_destination_it_spools_and_says_nothing_is_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spool = support::spool::Spool::new(dir.path(), "", &[]);
+    spool.start();
+    let warn = spool
+        .log_lines()
+        .into_iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("NOTHING IS BEING FORWARDED"))
+        })
+        .expect("a warning that nothing is forwarded");
+    assert_eq!(warn["level"], "WARN");
+    let (body, _) = support::raw::request("spool", 0, 2);
+    support::raw::grpc_export(&spool.grpc_endpoint(), body, None)
+        .await
+        .unwrap();
+    let (status, _) = spool.terminate();
+    assert!(status.success());
+    let segments: u64 = std::fs::read_dir(spool.data.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(segments > 64, "the batch was spooled");
+}

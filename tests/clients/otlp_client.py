@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Sends spans to an OTLP endpoint with the OpenTelemetry Python SDK's official
+exporters and reports, as JSON lines, every batch the exporter acknowledged.
+
+Each batch is exported with `OTLPSpanExporter.export()`; the exporter retries
+transient failures itself (and honours RetryInfo / Retry-After). When it gives up,
+this script tries the same batch again (same spans, same idempotency key if keys are
+on) until it succeeds or the deadline passes. Output, one line per acknowledged
+batch: {"batch": n, "key": k, "spans": [{"trace_id", "span_id", "name", "attributes"}]}.
+A final line {"done": true, "failures": n, "codes": {...}} summarises the failures
+the exporter logged (e.g. RESOURCE_EXHAUSTED, 429).
+"""
+import argparse
+import json
+import logging
+import sys
+import time
+
+try:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+    from grpc import Compression as GrpcCompression
+except ImportError as e:  # pragma: no cover
+    print(f"the OpenTelemetry Python SDK is missing ({e}); run: pip install -r tests/requirements.txt", file=sys.stderr)
+    sys.exit(3)
+
+
+class Codes(logging.Handler):
+    """Counts the failures the exporters log (their only report of status codes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.codes = {}
+
+    def emit(self, record):
+        msg = record.getMessage()
+        for code in ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "INVALID_ARGUMENT", "ABORTED",
+                     "Too Many Requests", "Service Unavailable", "429", "503"):
+            if code in msg:
+                self.codes[code] = self.codes.get(code, 0) + 1
+                break
+
+
+def make_batches(args):
+    resource = Resource.create({"service.name": args.service, "test.run": args.prefix, "host.kind": "edge"})
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("tracespool.tests", "1.0")
+    batches = []
+    for b in range(args.batches):
+        memory.clear()
+        parent = None
+        for s in range(args.spans):
+            links = [Link(parent.get_span_context())] if parent is not None and s % 3 == 0 else []
+            with tracer.start_as_current_span(
+                f"{args.prefix} op {b}.{s}",
+                kind=SpanKind.SERVER if s % 2 == 0 else SpanKind.CLIENT,
+                links=links,
+                attributes={
+                    "batch": b,
+                    "index": s,
+                    "ok": s % 2 == 0,
+                    "ratio": s / 10.0,
+                    "tags": ["a", "b", str(s)],
+                    "prefix": args.prefix,
+                },
+            ) as span:
+                span.add_event("step", {"n": s})
+                if s % 5 == 4:
+                    span.set_status(Status(StatusCode.ERROR, "boom"))
+                if parent is None:
+                    parent = span
+        batches.append(list(memory.get_finished_spans()))
+    return batches
+
+
+def exporter(args, key):
+    headers = {"idempotency-key": key} if key else None
+    if args.protocol == "grpc":
+        return GrpcExporter(endpoint=args.endpoint, insecure=True, headers=headers, timeout=args.attempt_timeout,
+                            compression=GrpcCompression.Gzip if args.gzip else None)
+    return HttpExporter(endpoint=args.endpoint, headers=headers, timeout=args.attempt_timeout,
+                        compression=HttpCompression.Gzip if args.gzip else HttpCompression.NoCompression)
+
+
+def describe(span):
+    ctx = span.get_span_context()
+    return {
+        "trace_id": format(ctx.trace_id, "032x"),
+        "span_id": format(ctx.span_id, "016x"),
+        "name": span.name,
+        "attributes": {k: (list(v) if isinstance(v, tuple) else v) for k, v in span.attributes.items()},
+    }
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--protocol", choices=["grpc", "http"], required=True)
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--batches", type=int, default=10)
+    p.add_argument("--spans", type=int, default=5)
+    p.add_argument("--prefix", default="run")
+    p.add_argument("--service", default="tracespool-test-client")
+    p.add_argument("--keys", action="store_true", help="send an idempotency-key per batch")
+    p.add_argument("--gzip", action="store_true")
+    p.add_argument("--attempt-timeout", type=float, default=10.0)
+    p.add_argument("--deadline", type=float, default=60.0, help="seconds to keep retrying a batch")
+    p.add_argument("--pause", type=float, default=0.0, help="seconds between batches")
+    args = p.parse_args()
+
+    codes = Codes()
+    logging.getLogger("opentelemetry").addHandler(codes)
+    logging.getLogger("opentelemetry").setLevel(logging.INFO)
+
+    batches = make_batches(args)
+    start = time.time()
+    failures = 0
+    shared = None if args.keys else exporter(args, None)
+    for n, batch in enumerate(batches):
+        key = f"{args.prefix}-batch-{n}" if args.keys else None
+        while True:
+            exp = shared or exporter(args, key)
+            try:
+                result = exp.export(batch)
+            except Exception as e:  # the exporters should not raise, but never lose a batch to it
+                print(f"export raised: {e!r}", file=sys.stderr)
+                result = None
+            finally:
+                if shared is None:
+                    exp.shutdown()
+            if result == SpanExportResult.SUCCESS:
+                print(json.dumps({"batch": n, "key": key, "spans": [describe(s) for s in batch]}), flush=True)
+                break
+            failures += 1
+            if time.time() - start > args.deadline:
+                print(json.dumps({"done": False, "failures": failures, "codes": codes.codes, "gave_up": n}), flush=True)
+                sys.exit(1)
+            time.sleep(0.2)
+        if args.pause:
+            time.sleep(args.pause)
+    if shared is not None:
+        shared.shutdown()
+    print(json.dumps({"done": True, "failures": failures, "codes": codes.codes}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,391 @@
+//! A test OTLP backend (the receiving end): gRPC or HTTP, recording every request it
+//! accepts, with switchable failure modes to play an unreliable uplink.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::body::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tracespool::otlp::codec::{RawCodec, SERVICE_NAME};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Grpc,
+    Http,
+}
+
+/// How the backend answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Accept,
+    /// gRPC UNAVAILABLE / HTTP 503.
+    Unavailable,
+    /// Accept the connection and the request, never answer.
+    BlackHole,
+    /// gRPC UNAUTHENTICATED / HTTP 401.
+    Unauthenticated,
+    /// Accept, but report this many spans rejected (partial success).
+    PartialReject(i64),
+}
+
+/// One accepted request.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub key: Option<String>,
+    pub request: ExportTraceServiceRequest,
+}
+
+/// A span as the backend received it, flattened for comparison.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanRec {
+    pub trace_id: String,
+    pub span_id: String,
+    pub name: String,
+    pub attributes: serde_json::Value,
+    pub resource: serde_json::Value,
+    pub key: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    mode: Mutex<Option<Mode>>,
+    received: Mutex<Vec<Received>>,
+    /// Every key of every request that arrived, answered or not.
+    attempts: Mutex<Vec<Option<String>>>,
+    /// Requests with a span of one of these names get INVALID_ARGUMENT / 400.
+    poison: Mutex<Vec<String>>,
+}
+
+pub struct Backend {
+    pub kind: Kind,
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    pub async fn start(kind: Kind) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        *state.mode.lock().unwrap() = Some(Mode::Accept);
+        let mut b = Self {
+            kind,
+            addr,
+            state,
+            server: None,
+        };
+        b.serve(listener);
+        b
+    }
+
+    /// The endpoint a tracespool destination uses.
+    pub fn endpoint(&self) -> String {
+        match self.kind {
+            Kind::Grpc => format!("http://{}", self.addr),
+            Kind::Http => format!("http://{}/v1/traces", self.addr),
+        }
+    }
+
+    pub fn protocol(&self) -> &'static str {
+        match self.kind {
+            Kind::Grpc => "grpc",
+            Kind::Http => "http",
+        }
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let state = self.state.clone();
+        let router: axum::Router = match self.kind {
+            Kind::Grpc => tonic::service::Routes::new(GrpcSink(state))
+                .prepare()
+                .into_axum_router(),
+            Kind::Http => axum::Router::new()
+                .route("/v1/traces", axum::routing::post(http_sink))
+                .with_state(state),
+        };
+        // Our own accept loop, so stopping the server also closes every connection
+        // it accepted (a plain abort of `axum::serve` would leave them serving).
+        self.server = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+                connections.spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        }));
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = Some(mode);
+    }
+
+    /// Requests with a span named `name` are refused as invalid (permanently).
+    pub fn poison(&self, name: &str) {
+        self.state.poison.lock().unwrap().push(name.to_string());
+    }
+
+    /// Closes the port: connections are refused until [`Backend::restart`].
+    pub fn stop(&mut self) {
+        if let Some(h) = self.server.take() {
+            h.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        for _ in 0..100 {
+            if let Ok(l) = TcpListener::bind(self.addr).await {
+                self.serve(l);
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("cannot listen on {} again", self.addr);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn attempt_keys(&self) -> Vec<Option<String>> {
+        self.state.attempts.lock().unwrap().clone()
+    }
+
+    pub fn spans(&self) -> Vec<SpanRec> {
+        let mut out = Vec::new();
+        for r in self.received() {
+            for rs in &r.request.resource_spans {
+                let resource = attrs(
+                    rs.resource
+                        .as_ref()
+                        .map(|r| &r.attributes[..])
+                        .unwrap_or(&[]),
+                );
+                for ss in &rs.scope_spans {
+                    for s in &ss.spans {
+                        out.push(SpanRec {
+                            trace_id: hex(&s.trace_id),
+                            span_id: hex(&s.span_id),
+                            name: s.name.clone(),
+                            attributes: attrs(&s.attributes),
+                            resource: resource.clone(),
+                            key: r.key.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn span_count(&self) -> usize {
+        self.received()
+            .iter()
+            .map(|r| {
+                r.request
+                    .resource_spans
+                    .iter()
+                    .flat_map(|rs| &rs.scope_spans)
+                    .map(|s| s.spans.len())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// How many times each span id arrived.
+    pub fn span_id_counts(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for s in self.spans() {
+            *m.entry(s.span_id).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn value(v: &AnyValue) -> serde_json::Value {
+    use serde_json::json;
+    match &v.value {
+        Some(any_value::Value::StringValue(s)) => json!(s),
+        Some(any_value::Value::BoolValue(b)) => json!(b),
+        Some(any_value::Value::IntValue(i)) => json!(i),
+        Some(any_value::Value::DoubleValue(d)) => json!(d),
+        Some(any_value::Value::ArrayValue(a)) => {
+            serde_json::Value::Array(a.values.iter().map(value).collect())
+        }
+        Some(any_value::Value::KvlistValue(kv)) => attrs(&kv.values),
+        Some(any_value::Value::BytesValue(b)) => json!(hex(b)),
+        _ => serde_json::Value::Null,
+    }
+}
+
+pub fn attrs(kvs: &[KeyValue]) -> serde_json::Value {
+    serde_json::Value::Object(
+        kvs.iter()
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    kv.value.as_ref().map(value).unwrap_or_default(),
+                )
+            })
+            .collect(),
+    )
+}
+
+enum Answer {
+    Ok(Vec<u8>),
+    Unavailable,
+    Unauthenticated,
+    Invalid(String),
+    Never,
+}
+
+fn decide(state: &State, key: Option<String>, body: &[u8]) -> Answer {
+    state.attempts.lock().unwrap().push(key.clone());
+    let mode = state.mode.lock().unwrap().clone().unwrap_or(Mode::Accept);
+    let request = match ExportTraceServiceRequest::decode(body) {
+        Ok(r) => r,
+        Err(e) => return Answer::Invalid(format!("backend cannot decode: {e}")),
+    };
+    match mode {
+        Mode::Unavailable => return Answer::Unavailable,
+        Mode::BlackHole => return Answer::Never,
+        Mode::Unauthenticated => return Answer::Unauthenticated,
+        _ => {}
+    }
+    let poison = state.poison.lock().unwrap().clone();
+    let poisoned = request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .any(|s| poison.contains(&s.name));
+    if poisoned {
+        return Answer::Invalid("poisoned span name".into());
+    }
+    state
+        .received
+        .lock()
+        .unwrap()
+        .push(Received { key, request });
+    match mode {
+        Mode::PartialReject(n) => Answer::Ok(tracespool::otlp::partial_success_response(
+            n,
+            "some spans refused",
+        )),
+        _ => Answer::Ok(Vec::new()),
+    }
+}
+
+#[derive(Clone)]
+struct GrpcSink(Arc<State>);
+
+impl NamedService for GrpcSink {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+struct Unary(Arc<State>);
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl UnaryService<Bytes> for Unary {
+    type Response = Bytes;
+    type Future = BoxFuture<Result<tonic::Response<Bytes>, tonic::Status>>;
+    fn call(&mut self, req: tonic::Request<Bytes>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let key = req
+                .metadata()
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            match decide(&state, key, req.get_ref()) {
+                Answer::Ok(body) => Ok(tonic::Response::new(Bytes::from(body))),
+                Answer::Unavailable => Err(tonic::Status::unavailable("backend down")),
+                Answer::Unauthenticated => Err(tonic::Status::unauthenticated("bad api key")),
+                Answer::Invalid(m) => Err(tonic::Status::invalid_argument(m)),
+                Answer::Never => std::future::pending().await,
+            }
+        })
+    }
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for GrpcSink {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let mut grpc = Grpc::new(RawCodec)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                .max_decoding_message_size(256 << 20);
+            Ok(grpc.unary(Unary(state), req).await)
+        })
+    }
+}
+
+async fn http_sink(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+        let mut out = Vec::new();
+        if flate2::read::MultiGzDecoder::new(&body[..])
+            .read_to_end(&mut out)
+            .is_err()
+        {
+            return (http::StatusCode::BAD_REQUEST, "bad gzip").into_response();
+        }
+        Bytes::from(out)
+    } else {
+        body
+    };
+    match decide(&state, key, &body) {
+        Answer::Ok(b) => {
+            ([(http::header::CONTENT_TYPE, "application/x-protobuf")], b).into_response()
+        }
+        Answer::Unavailable => (http::StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+        Answer::Unauthenticated => (http::StatusCode::UNAUTHORIZED, "bad api key").into_response(),
+        Answer::Invalid(m) => (http::StatusCode::BAD_REQUEST, m).into_response(),
+        Answer::Never => std::future::pending().await,
+    }
+}

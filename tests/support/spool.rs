@@ -1,0 +1,259 @@
+//! tracespool as a real child process, with its JSON log in a file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// A destination in a generated config.
+pub struct Dest {
+    pub name: String,
+    pub endpoint: String,
+    pub protocol: String,
+    pub timeout: String,
+    pub extra: String,
+}
+
+impl Dest {
+    pub fn new(name: &str, endpoint: &str, protocol: &str) -> Self {
+        Self {
+            name: name.into(),
+            endpoint: endpoint.into(),
+            protocol: protocol.into(),
+            timeout: "2s".into(),
+            extra: "retry.initial_backoff = \"50ms\"\nretry.max_backoff = \"500ms\"\n".into(),
+        }
+    }
+
+    pub fn timeout(mut self, t: &str) -> Self {
+        self.timeout = t.into();
+        self
+    }
+
+    pub fn with(mut self, extra: &str) -> Self {
+        self.extra.push_str(extra);
+        self.extra.push('\n');
+        self
+    }
+}
+
+pub struct Spool {
+    pub root: PathBuf,
+    pub data: PathBuf,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    pub env: Vec<(String, String)>,
+}
+
+/// A config with fixed ports (so clients can reconnect across restarts) and the
+/// given storage settings and destinations.
+pub fn config(
+    data: &Path,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    storage: &str,
+    dests: &[Dest],
+) -> String {
+    let mut s = format!(
+        "[storage]\ndir = {:?}\n{storage}\n\n[receivers.otlp]\ngrpc = \"{grpc}\"\nhttp = \"{http}\"\nretry_after = \"1s\"\n\n[service]\nshutdown_timeout = \"3s\"\n",
+        data.display().to_string()
+    );
+    for d in dests {
+        s.push_str(&format!(
+            "\n[[destinations]]\nname = {:?}\nendpoint = {:?}\nprotocol = {:?}\ntimeout = {:?}\n{}",
+            d.name, d.endpoint, d.protocol, d.timeout, d.extra
+        ));
+    }
+    s
+}
+
+impl Spool {
+    /// A spool in `root` (data in `root/data`) with fresh ports; not started.
+    pub fn new(root: &Path, storage: &str, dests: &[Dest]) -> Self {
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let data = root.join("data");
+        let cfg = root.join("tracespool.toml");
+        fs::write(&cfg, config(&data, grpc, http, storage, dests)).unwrap();
+        Self {
+            root: root.to_path_buf(),
+            data,
+            grpc,
+            http,
+            config: cfg,
+            log: root.join("tracespool.log"),
+            child: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// Starts the process and waits until it says it is running.
+    pub fn start(&mut self) -> &mut Self {
+        assert!(self.child.is_none(), "already running");
+        let offset = fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracespool"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--log-format")
+            .arg("json")
+            .arg("run")
+            .env("RUST_LOG", "info,tracespool=debug")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn tracespool"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = fs::read(&self.log).unwrap_or_default();
+            let new = String::from_utf8_lossy(&text[offset as usize..]);
+            if new.contains("tracespool running") {
+                return self;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("tracespool exited during start ({status}):\n{new}");
+            }
+            if Instant::now() > deadline {
+                panic!("tracespool did not start within 30 s:\n{new}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status and how long the exit took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let mut c = self.child.take().expect("running");
+        let started = Instant::now();
+        unsafe_kill(c.id(), 15);
+        let deadline = started + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("tracespool did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Every JSON log line so far, across restarts.
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn instance_id(&self) -> String {
+        fs::read_to_string(self.data.join("instance-id"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Appends a line to the log file (marks phases of a test for debugging).
+    pub fn note(&self, text: &str) {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let _ = writeln!(f, "{{\"test_note\":{text:?}}}");
+    }
+
+    pub fn grpc_endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}/v1/traces", self.http)
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- tracespool log ({}) ---\n{}",
+                self.log.display(),
+                tail(&self.log_text(), 60)
+            );
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Sum of a numeric field over the log lines whose message contains `message`.
+pub fn sum_field(
+    lines: &[serde_json::Value],
+    message: &str,
+    field: &str,
+    filter: impl Fn(&serde_json::Value) -> bool,
+) -> u64 {
+    lines
+        .iter()
+        .filter(|l| l["message"].as_str().is_some_and(|m| m.contains(message)) && filter(l))
+        .map(|l| l[field].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Writes a file (for configs written by hand in a test).
+pub fn write(path: &Path, text: &str) {
+    File::create(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
