@@ -164,3 +164,55 @@ fn effective_config_hides_header_values_and_reloads_to_the_same() {
     assert_eq!(again.storage.max_bytes, cfg.storage.max_bytes);
     assert_eq!(again.destinations[0].timeout, cfg.destinations[0].timeout);
 }
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name)
+}
+
+#[test]
+fn example_configs_are_valid() {
+    for name in ["tracespool.toml", "edge.toml", "gateway.toml"] {
+        Config::load(Some(&example(name)), &env(&[])).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let edge = Config::load(Some(&example("edge.toml")), &env(&[])).unwrap();
+    assert_eq!(edge.storage.when_full, WhenFull::DropOldest);
+    assert_eq!(edge.destinations[0].name, "gateway");
+}
+
+#[test]
+fn the_reference_config_documents_every_key_with_its_default() {
+    let documented = Config::load(Some(&example("tracespool.toml")), &env(&[])).unwrap();
+    let defaults = Config::load(None, &env(&[])).unwrap();
+    assert_eq!(
+        documented.to_redacted_toml(),
+        defaults.to_redacted_toml(),
+        "a default differs from config/tracespool.toml"
+    );
+    let text = std::fs::read_to_string(example("tracespool.toml")).unwrap();
+    // Every key of every section, and of a destination, appears in the file.
+    let mut with_dest = defaults.clone();
+    with_dest.destinations.push(DestinationConfig {
+        name: "x".into(),
+        endpoint: "http://x:1".into(),
+        protocol: default_protocol(),
+        headers: Default::default(),
+        timeout: default_timeout(),
+        compression: default_compression(),
+        max_in_flight: default_in_flight(),
+        retry: Default::default(),
+    });
+    for line in with_dest.to_redacted_toml().lines() {
+        if let Some((key, _)) = line.split_once(" = ") {
+            let documented = text.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim();
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("retry.{key} ="))
+            });
+            assert!(
+                documented,
+                "key {key:?} is not documented in config/tracespool.toml"
+            );
+        }
+    }
+}

@@ -52,6 +52,8 @@ impl Client {
                     .connect_timeout(timeout)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(30))
+                    .initial_stream_window_size(4 << 20)
+                    .initial_connection_window_size(16 << 20)
                     .keep_alive_while_idle(true);
                 let mut headers = MetadataMap::new();
                 for (k, v) in &cfg.headers {

@@ -141,7 +141,20 @@ fn err(offset: usize, what: impl Into<String>) -> WireError {
 }
 
 /// Reads a varint at `*pos`, advancing it.
+#[inline(always)]
 fn varint(buf: &[u8], pos: &mut usize, base: usize) -> Result<u64, WireError> {
+    // Tags and short lengths are one byte.
+    if let Some(&b) = buf.get(*pos) {
+        if b < 0x80 {
+            *pos += 1;
+            return Ok(b as u64);
+        }
+    }
+    varint_slow(buf, pos, base)
+}
+
+#[inline(never)]
+fn varint_slow(buf: &[u8], pos: &mut usize, base: usize) -> Result<u64, WireError> {
     let mut v = 0u64;
     for i in 0..10 {
         let Some(&b) = buf.get(*pos) else {

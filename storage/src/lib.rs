@@ -20,6 +20,7 @@
 
 mod config;
 mod cursor;
+mod deleter;
 mod error;
 pub mod failpoints;
 pub mod format;

@@ -46,7 +46,7 @@ impl Meta {
             // Metadata is tiny; do not let sled take its 1 GiB default cache.
             .cache_capacity(4 * 1024 * 1024)
             .mode(sled::Mode::LowSpace)
-            .flush_every_ms(Some(200));
+            .flush_every_ms(Some(500));
         // The caller holds the data directory's lock, so a held sled lock can only be
         // a previous `Wal` of this process whose sled I/O threads are still winding
         // down after its close: wait for them, briefly.

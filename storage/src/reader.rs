@@ -179,7 +179,8 @@ impl Reader {
                 let want = self.shared.cfg.segment_bytes.max(wm.active_len);
                 (want, None)
             };
-            let map = SegmentMap::map(&file, map_len).map_err(|source| ReadError::Io {
+            let map = SegmentMap::map_tracked(&file, map_len, &self.shared.maps, entry.first_seq)
+                .map_err(|source| ReadError::Io {
                 op: "map segment",
                 path,
                 source,

@@ -27,6 +27,9 @@ pub(crate) struct SegmentEntry {
 #[derive(Debug, Default)]
 pub(crate) struct SegmentTable {
     segments: BTreeMap<u64, SegmentEntry>,
+    /// Delivered segments handed to the deleter thread: gone for readers, still on
+    /// disk (and in `total_bytes`) until the deleter reports them unlinked.
+    deleting: BTreeMap<u64, u64>,
     total_bytes: u64,
 }
 
@@ -42,6 +45,42 @@ impl SegmentTable {
         let e = self.segments.remove(&first_seq)?;
         self.total_bytes -= e.len;
         Some(e)
+    }
+
+    /// Moves a segment out of sight of readers while it is being deleted; its bytes
+    /// stay counted until [`SegmentTable::finish_delete`].
+    pub fn begin_delete(&mut self, first_seq: u64) -> bool {
+        match self.segments.remove(&first_seq) {
+            Some(e) => {
+                self.deleting.insert(first_seq, e.len);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn finish_delete(&mut self, first_seq: u64) {
+        if let Some(len) = self.deleting.remove(&first_seq) {
+            self.total_bytes -= len;
+        }
+    }
+
+    /// A deletion that could not be done: the segment is back.
+    pub fn cancel_delete(&mut self, first_seq: u64) {
+        if let Some(len) = self.deleting.remove(&first_seq) {
+            self.segments.insert(
+                first_seq,
+                SegmentEntry {
+                    first_seq,
+                    len,
+                    sealed: true,
+                },
+            );
+        }
+    }
+
+    pub fn deletes_pending(&self) -> bool {
+        !self.deleting.is_empty()
     }
 
     pub fn set_len(&mut self, first_seq: u64, len: u64) {
@@ -61,8 +100,9 @@ impl SegmentTable {
         self.total_bytes
     }
 
+    /// Segment files on disk (including those being deleted).
     pub fn len(&self) -> usize {
-        self.segments.len()
+        self.segments.len() + self.deleting.len()
     }
 
     pub fn first(&self) -> Option<&SegmentEntry> {
@@ -100,11 +140,44 @@ pub(crate) fn segment_path(wal_dir: &Path, first_seq: u64) -> PathBuf {
     wal_dir.join(segment_file_name(first_seq))
 }
 
+/// Which segments are mapped in this process right now, so the deleter does not
+/// punch holes under a live mapping (see `deleter.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct MapTracker {
+    counts: std::sync::Mutex<std::collections::HashMap<u64, usize>>,
+}
+
+impl MapTracker {
+    pub fn is_mapped(&self, segment: u64) -> bool {
+        self.counts.lock().unwrap().contains_key(&segment)
+    }
+}
+
+/// Counts one mapping of a segment in its tracker for as long as it lives.
+#[derive(Debug)]
+struct MapGuard {
+    tracker: Arc<MapTracker>,
+    segment: u64,
+}
+
+impl Drop for MapGuard {
+    fn drop(&mut self) {
+        let mut counts = self.tracker.counts.lock().unwrap();
+        if let Some(n) = counts.get_mut(&self.segment) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.segment);
+            }
+        }
+    }
+}
+
 /// A read-only mapping of (a prefix of) a segment file, shared by the payloads handed
 /// out from it.
 #[derive(Debug)]
 pub(crate) struct SegmentMap {
     map: Option<Mmap>,
+    _guard: Option<MapGuard>,
 }
 
 impl SegmentMap {
@@ -120,14 +193,41 @@ impl SegmentMap {
     /// unsupported.
     pub fn map(file: &File, len: u64) -> io::Result<Arc<Self>> {
         if len == 0 {
-            return Ok(Arc::new(Self { map: None }));
+            return Ok(Arc::new(Self {
+                map: None,
+                _guard: None,
+            }));
         }
         let len = usize::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large to map"))?;
         // SAFETY: see above.
         let map = unsafe { MmapOptions::new().len(len).map(file)? };
         let _ = map.advise(memmap2::Advice::Sequential);
-        Ok(Arc::new(Self { map: Some(map) }))
+        Ok(Arc::new(Self {
+            map: Some(map),
+            _guard: None,
+        }))
+    }
+
+    /// [`SegmentMap::map`], counted in `tracker` as a mapping of `segment`.
+    pub fn map_tracked(
+        file: &File,
+        len: u64,
+        tracker: &Arc<MapTracker>,
+        segment: u64,
+    ) -> io::Result<Arc<Self>> {
+        *tracker.counts.lock().unwrap().entry(segment).or_insert(0) += 1;
+        let guard = MapGuard {
+            tracker: tracker.clone(),
+            segment,
+        };
+        let mut map = Self::map(file, len)?;
+        Arc::get_mut(&mut map).expect("fresh").replace_guard(guard);
+        Ok(map)
+    }
+
+    fn replace_guard(&mut self, guard: MapGuard) {
+        self._guard = Some(guard);
     }
 }
 

@@ -11,7 +11,7 @@ use crate::config::WalConfig;
 use crate::cursor::CursorState;
 use crate::fsutil::DirLock;
 use crate::meta::Meta;
-use crate::segment::{segment_path, SegmentTable};
+use crate::segment::{segment_path, MapTracker, SegmentTable};
 use crate::types::{LostRange, WalEvent};
 
 /// What readers may see. Published by the writer after each commit, as one
@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub meta: Meta,
     /// Segment files; written by the writer thread only, read by everyone.
     pub table: RwLock<SegmentTable>,
+    /// Segments mapped by readers in this process.
+    pub maps: Arc<MapTracker>,
     /// Published by the writer after each commit; readers clone it and wait on it.
     /// The writer owns the sending side, so readers learn when it has stopped.
     pub watermark: watch::Receiver<Watermark>,

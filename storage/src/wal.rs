@@ -38,6 +38,8 @@ struct Inner {
     /// Bounds the bytes of appends waiting for the writer (`write_queue_bytes`).
     queue: Arc<Semaphore>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Ends once the writer (which holds its job sender) has ended.
+    deleter: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -45,6 +47,9 @@ impl Drop for Inner {
         let (tx, _rx) = oneshot::channel();
         let _ = self.commands.push(Command::Shutdown(tx));
         if let Some(handle) = self.writer.lock().unwrap().take() {
+            let _ = handle.join();
+        }
+        if let Some(handle) = self.deleter.lock().unwrap().take() {
             let _ = handle.join();
         }
     }
@@ -113,6 +118,7 @@ impl Wal {
             wal_dir,
             meta,
             table: RwLock::new(rec.table),
+            maps: Default::default(),
             watermark: wm_rx,
             cursors: RwLock::new(cursors),
             evicted_below: AtomicU64::new(0),
@@ -138,10 +144,23 @@ impl Wal {
         }
 
         let queue = Arc::new(CommandQueue::default());
+        let (deleter_tx, deleter_rx) = std::sync::mpsc::channel();
+        let deleter = {
+            let for_thread = shared.clone();
+            std::thread::Builder::new()
+                .name("tracespool-wal-deleter".into())
+                .spawn(move || crate::deleter::run(for_thread, deleter_rx))
+                .map_err(|source| OpenError::Io {
+                    op: "spawn deleter thread for",
+                    path: shared.wal_dir.clone(),
+                    source,
+                })?
+        };
         let writer = Writer::new(
             shared.clone(),
             wm_tx,
             queue.clone(),
+            deleter_tx,
             rec.wal_id,
             rec.active,
             rec.next_seq,
@@ -175,6 +194,7 @@ impl Wal {
                 commands: queue,
                 queue: Arc::new(Semaphore::new(queue_bytes)),
                 writer: Mutex::new(Some(handle)),
+                deleter: Mutex::new(Some(deleter)),
             }),
         };
         Ok((wal, report))
@@ -397,6 +417,10 @@ impl Wal {
             let _ = rx.await;
         }
         let handle = self.inner.writer.lock().unwrap().take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+        let handle = self.inner.deleter.lock().unwrap().take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }

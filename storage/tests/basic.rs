@@ -371,3 +371,32 @@ async fn rotate_seals_the_active_segment() {
     assert_eq!(wal.append(record(1, 100, 1)).await.unwrap().seq, 2);
     assert!(segment_files(dir.path())[1].ends_with("00000000000000000002.seg"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_still_inside_a_deleted_segment_reads_it_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    let c = wal.cursor("a", CursorStart::Oldest).unwrap();
+    for i in 0..30 {
+        wal.append(record(i, 1000, 1)).await.unwrap();
+    }
+    // An ad-hoc reader (not a cursor) stands in the first segment.
+    let mut lagging = wal.reader(1);
+    let first = lagging.try_next().unwrap().unwrap();
+    assert_eq!(first.last_seq(), 1);
+    c.ack_range(1, 30).unwrap();
+    wal.maintain().await;
+    assert!(
+        !segment_files(dir.path())[0].ends_with("00000000000000000001.seg"),
+        "first segment deleted"
+    );
+    // Its mapping keeps the bytes: the rest of that segment reads back intact,
+    // then the reader is told the following deleted ones are gone.
+    let items = drain(&mut lagging);
+    let recs = records(&items);
+    assert!(!recs.is_empty());
+    for r in &recs {
+        assert_record(r, r.seq - 1, 1000, 1);
+    }
+    assert!(items.iter().all(|i| !matches!(i, ReadItem::Gap(g) if matches!(g.cause, tracespool_storage::GapCause::Damaged(_)))));
+}
