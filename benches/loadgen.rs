@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Both processes share the machine (2 cores here): the figures include the load
-//! generator's own cost.
+//! generator's own cost. The sink counts requests and bytes (every request is one
+//! of the generator's, of known span count); tracespool's own tests check content.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -166,7 +167,7 @@ fn request(n: usize, variant: u64) -> Vec<u8> {
 
 #[derive(Default)]
 struct SinkStats {
-    spans: AtomicU64,
+    requests: AtomicU64,
     bytes: AtomicU64,
     up: AtomicBool,
 }
@@ -191,11 +192,10 @@ impl UnaryService<Bytes> for SinkUnary {
             if !stats.up.load(Ordering::Relaxed) {
                 return Err(tonic::Status::unavailable("sink down"));
             }
+            // Every request is one of ours, of a known span count: counting bytes
+            // and requests keeps the sink's CPU (shared with tracespool) small.
             let body = req.into_inner();
-            let n = tracespool::otlp::wire::inspect_trace_request(&body)
-                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-                .spans;
-            stats.spans.fetch_add(n as u64, Ordering::Relaxed);
+            stats.requests.fetch_add(1, Ordering::Relaxed);
             stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
             Ok(tonic::Response::new(Bytes::new()))
         })
@@ -555,14 +555,13 @@ async fn run(o: Opts, bin: PathBuf) {
     // 2. Drain after the outage.
     sink_stats.up.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    while sink_stats.spans.load(Ordering::Relaxed) < spans
-        && started.elapsed() < Duration::from_secs(600)
-    {
+    let sink_spans = |s: &SinkStats| s.requests.load(Ordering::Relaxed) * o.batch as u64;
+    while sink_spans(&sink_stats) < spans && started.elapsed() < Duration::from_secs(600) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         peak_rss = peak_rss.max(status_kib(pid, "VmRSS:"));
     }
     let drain_secs = started.elapsed().as_secs_f64();
-    let drained = sink_stats.spans.load(Ordering::Relaxed);
+    let drained = sink_spans(&sink_stats);
     println!(
         "2. drain after the outage: {drained} spans in {drain_secs:.1} s = {:.0} spans/s, {:.0} MB/s",
         drained as f64 / drain_secs,
