@@ -20,14 +20,12 @@
 //! generator's own cost. The sink counts requests and bytes (every request is one
 //! of the generator's, of known span count); tracespool's own tests check content.
 
-use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,8 +35,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
 use tokio::net::TcpListener;
-use tonic::server::{Grpc, NamedService, UnaryService};
-use tracespool::otlp::codec::{RawCodec, EXPORT_PATH, SERVICE_NAME};
+use tracespool::otlp::codec::{ExportFuture, ExportHandler, ExportService, RawCodec, EXPORT_PATH};
 
 #[derive(Clone, Debug)]
 struct Opts {
@@ -175,18 +172,8 @@ struct SinkStats {
 #[derive(Clone)]
 struct Sink(Arc<SinkStats>);
 
-impl NamedService for Sink {
-    const NAME: &'static str = SERVICE_NAME;
-}
-
-struct SinkUnary(Arc<SinkStats>);
-
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-impl UnaryService<Bytes> for SinkUnary {
-    type Response = Bytes;
-    type Future = BoxFuture<Result<tonic::Response<Bytes>, tonic::Status>>;
-    fn call(&mut self, req: tonic::Request<Bytes>) -> Self::Future {
+impl ExportHandler for Sink {
+    fn export(&self, req: tonic::Request<Bytes>) -> ExportFuture {
         let stats = self.0.clone();
         Box::pin(async move {
             if !stats.up.load(Ordering::Relaxed) {
@@ -198,22 +185,6 @@ impl UnaryService<Bytes> for SinkUnary {
             stats.requests.fetch_add(1, Ordering::Relaxed);
             stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
             Ok(tonic::Response::new(Bytes::new()))
-        })
-    }
-}
-
-impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Sink {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let stats = self.0.clone();
-        Box::pin(async move {
-            let mut g = Grpc::new(RawCodec).max_decoding_message_size(64 << 20);
-            Ok(g.unary(SinkUnary(stats), req).await)
         })
     }
 }
@@ -472,7 +443,7 @@ async fn run(o: Opts, bin: PathBuf) {
     let sink_stats = Arc::new(SinkStats::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sink_addr = listener.local_addr().unwrap();
-    let sink = Sink(sink_stats.clone());
+    let sink = ExportService::new(Sink(sink_stats.clone()), 64 << 20);
     tokio::spawn(async move {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -64,6 +64,29 @@ fn record(payload: &Bytes) -> NewRecord {
     }
 }
 
+/// `appenders` tasks each append `per_task` records of `payload`; returns the last
+/// seq appended.
+async fn append_concurrently(wal: &Wal, payload: &Bytes, appenders: u64, per_task: u64) -> u64 {
+    let tasks: Vec<_> = (0..appenders)
+        .map(|_| {
+            let wal = wal.clone();
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let mut last = 0;
+                for _ in 0..per_task {
+                    last = wal.append(record(&payload)).await.unwrap().seq;
+                }
+                last
+            })
+        })
+        .collect();
+    let mut last = 0;
+    for t in tasks {
+        last = last.max(t.await.unwrap());
+    }
+    last
+}
+
 fn baseline(c: &mut Criterion) {
     let mut g = c.benchmark_group("baseline");
     g.sample_size(10);
@@ -112,23 +135,7 @@ fn append(c: &mut Criterion) {
                     b.iter_custom(|iters| {
                         let start = Instant::now();
                         rt.block_on(async {
-                            let tasks: Vec<_> = (0..appenders)
-                                .map(|_| {
-                                    let wal = wal.clone();
-                                    let payload = payload.clone();
-                                    tokio::spawn(async move {
-                                        let mut last = 0;
-                                        for _ in 0..iters {
-                                            last = wal.append(record(&payload)).await.unwrap().seq;
-                                        }
-                                        last
-                                    })
-                                })
-                                .collect();
-                            let mut last = 0;
-                            for t in tasks {
-                                last = last.max(t.await.unwrap());
-                            }
+                            let last = append_concurrently(&wal, &payload, appenders, iters).await;
                             let elapsed = start.elapsed();
                             note(
                                 &format!("append {id}"),
@@ -303,26 +310,7 @@ fn paired_ratio() {
         std::fs::remove_file(&path).unwrap();
         let per_task = bytes / (16 * 1024) / 64;
         let start = Instant::now();
-        let last = rt.block_on(async {
-            let tasks: Vec<_> = (0..64)
-                .map(|_| {
-                    let wal = wal.clone();
-                    let payload = payload.clone();
-                    tokio::spawn(async move {
-                        let mut last = 0;
-                        for _ in 0..per_task {
-                            last = wal.append(record(&payload)).await.unwrap().seq;
-                        }
-                        last
-                    })
-                })
-                .collect();
-            let mut last = 0;
-            for t in tasks {
-                last = last.max(t.await.unwrap());
-            }
-            last
-        });
+        let last = rt.block_on(append_concurrently(&wal, &payload, 64, per_task));
         let ours = start.elapsed();
         cursor.ack_range(1, last).unwrap();
         rt.block_on(wal.maintain());

@@ -49,14 +49,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         );
     }
     for lost in &report.lost {
-        tracing::error!(
-            reason = "corruption",
-            first_seq = lost.first_seq,
-            last_seq = lost.last_seq,
-            records = lost.records(),
-            spans = ?lost.spans,
-            "spans lost to a damaged spool segment"
-        );
+        log_damage(lost);
     }
     let events = wal.take_events().expect("events taken once");
     let instance_id = crate::instance::load_or_create(&cfg.storage.dir)
@@ -108,7 +101,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let max_dec = otlp.max_decompressed_bytes.0 as usize;
     if let Some(l) = grpc_listener {
         tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "OTLP/gRPC receiver listening");
-        let svc = grpc::TraceService::new(ingest.clone(), max_req, max_dec);
+        let svc = grpc::trace_service(ingest.clone(), max_req, max_dec);
         receivers.spawn(grpc::serve(l, svc, stop.clone()));
     }
     if let Some(l) = http_listener {
@@ -250,19 +243,23 @@ async fn log_events(mut events: tokio::sync::mpsc::UnboundedReceiver<WalEvent>) 
                     );
                 }
             }
-            WalEvent::Damaged(l) => tracing::error!(
-                reason = "corruption",
-                first_seq = l.first_seq,
-                last_seq = l.last_seq,
-                records = l.records(),
-                spans = ?l.spans,
-                segment = l.segment,
-                offset = l.offset,
-                detail = %l.reason,
-                "spans lost to a damaged spool segment"
-            ),
+            WalEvent::Damaged(l) => log_damage(&l),
         }
     }
+}
+
+fn log_damage(l: &tracespool_storage::LostRange) {
+    tracing::error!(
+        reason = "corruption",
+        first_seq = l.first_seq,
+        last_seq = l.last_seq,
+        records = l.records(),
+        spans = ?l.spans,
+        segment = l.segment,
+        offset = l.offset,
+        detail = %l.reason,
+        "spans lost to a damaged spool segment"
+    );
 }
 
 /// SIGTERM or SIGINT cancels `stop`; a second one exits at once.

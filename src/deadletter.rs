@@ -13,13 +13,15 @@
 //! renamed into place before the destination's cursor moves past the record.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tracespool_storage::Record;
+
+use crate::fsio::write_atomically;
 
 /// What is kept about a dead letter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,10 +96,10 @@ impl DeadLetters {
             reason: reason.into(),
         };
         let stem = format!("{:020}", record.seq);
-        write_durably(&dir, &format!("{stem}.pb"), &record.payload)?;
+        // The payload first: a dead letter is complete once its .json exists.
+        write_atomically(&dir, &format!("{stem}.pb"), &record.payload)?;
         let meta = serde_json::to_vec_pretty(&letter).map_err(io::Error::other)?;
-        write_durably(&dir, &format!("{stem}.json"), &meta)?;
-        fs::File::open(&dir)?.sync_all()?;
+        write_atomically(&dir, &format!("{stem}.json"), &meta)?;
         Ok(letter)
     }
 
@@ -138,19 +140,6 @@ impl DeadLetters {
                 .join(format!("{:020}.pb", letter.seq)),
         )
     }
-}
-
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, dir.join(name))
 }
 
 #[cfg(test)]

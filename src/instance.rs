@@ -3,8 +3,7 @@
 //! retries and restarts, and differ between tracespools.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::Path;
 
 const FILE: &str = "instance-id";
@@ -33,17 +32,7 @@ pub fn load_or_create(dir: &Path) -> io::Result<String> {
                 "tsp-{}",
                 raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
             );
-            let tmp = dir.join(format!("{FILE}.tmp"));
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(format!("{id}\n").as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            fs::File::open(dir)?.sync_all()?;
+            crate::fsio::write_atomically(dir, FILE, format!("{id}\n").as_bytes())?;
             tracing::info!(instance_id = %id, file = %path.display(), "created instance id");
             Ok(id)
         }

@@ -116,18 +116,7 @@ async fn full_spool_refuses_with_retry_hints_and_clients_succeed_after_the_outag
         "HTTP client never saw 429: {codes:?}"
     );
     // Everything acknowledged arrives; nothing arrives that was not acknowledged.
-    let delivered = support::eventually(Duration::from_secs(60), || {
-        let got: BTreeSet<String> = backend.span_id_counts().into_keys().collect();
-        acked.is_subset(&got)
-    })
-    .await;
-    let got: BTreeSet<String> = backend.span_id_counts().into_keys().collect();
-    assert!(
-        delivered,
-        "{} acknowledged spans never arrived",
-        acked.difference(&got).count()
-    );
-    assert_eq!(got, acked, "spans arrived that were never acknowledged");
+    support::assert_delivered(&backend, &acked, "backend").await;
     // Never over budget.
     assert!(dir_bytes(&spool.data.join("wal")) <= 256 * 1024);
 }
@@ -154,31 +143,26 @@ async fn drop_oldest_never_refuses_and_counts_every_dropped_span() {
     }
     assert!(dir_bytes(&spool.data.join("wal")) <= 256 * 1024);
     backend.restart().await;
-    // Settled when delivered + dropped (net of drops delivered after all) = sent.
-    let settled = support::eventually(Duration::from_secs(60), || {
-        let lines = spool.log_lines();
+    // Dropped spans for destination "b", net of drops that were delivered after all.
+    let net_dropped = |lines: &[serde_json::Value]| {
+        let for_b = |l: &serde_json::Value| l["destination"] == "b";
         let dropped = sum_field(
-            &lines,
+            lines,
             "spans dropped before delivery to this destination",
             "dropped_spans",
-            |l| l["destination"] == "b",
+            for_b,
         );
-        let late = sum_field(&lines, "was not dropped after all", "spans", |l| {
-            l["destination"] == "b"
-        });
+        let late = sum_field(lines, "was not dropped after all", "spans", for_b);
+        (dropped, late)
+    };
+    // Settled when delivered + net dropped = sent.
+    let settled = support::eventually(Duration::from_secs(60), || {
+        let (dropped, late) = net_dropped(&spool.log_lines());
         backend.span_count() as u64 + dropped - late == sent
     })
     .await;
+    let (dropped, late) = net_dropped(&spool.log_lines());
     let lines = spool.log_lines();
-    let dropped = sum_field(
-        &lines,
-        "spans dropped before delivery to this destination",
-        "dropped_spans",
-        |l| l["destination"] == "b",
-    );
-    let late = sum_field(&lines, "was not dropped after all", "spans", |l| {
-        l["destination"] == "b"
-    });
     assert!(
         settled,
         "delivered {} + dropped {dropped} - late {late} != sent {sent}",

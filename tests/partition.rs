@@ -101,19 +101,7 @@ async fn every_acknowledged_span_is_delivered_after_refused_unavailable_and_sile
     }
     assert_eq!(acked.len(), 240);
     for b in [&grpc_backend, &http_backend] {
-        let delivered = support::eventually(Duration::from_secs(60), || {
-            let got: BTreeSet<String> = b.span_id_counts().into_keys().collect();
-            acked.is_subset(&got)
-        })
-        .await;
-        let got: BTreeSet<String> = b.span_id_counts().into_keys().collect();
-        assert!(
-            delivered,
-            "{:?} backend is missing {} acknowledged spans",
-            b.kind,
-            acked.difference(&got).count()
-        );
-        assert_eq!(got, acked, "{:?} backend got spans nobody sent", b.kind);
+        support::assert_delivered(b, &acked, &format!("{:?} backend", b.kind)).await;
     }
     assert!(spool.log_text().contains("export failed; retrying"));
 }

@@ -88,20 +88,8 @@ async fn sigkill_under_load_loses_nothing_and_a_dedup_tier_makes_delivery_exactl
     }
     assert_eq!(acked.len(), 400);
 
-    for (backend, what) in [(&direct, "direct"), (&behind_gateway, "behind the gateway")] {
-        let arrived = support::eventually(Duration::from_secs(60), || {
-            let got: BTreeSet<String> = backend.span_id_counts().into_keys().collect();
-            acked.is_subset(&got)
-        })
-        .await;
-        let got: BTreeSet<String> = backend.span_id_counts().into_keys().collect();
-        assert!(
-            arrived,
-            "{what}: {} acknowledged spans lost",
-            acked.difference(&got).count()
-        );
-        assert_eq!(got, acked, "{what}: spans nobody acknowledged");
-    }
+    support::assert_delivered(&direct, &acked, "direct").await;
+    support::assert_delivered(&behind_gateway, &acked, "behind the gateway").await;
     // Let any late re-export land before counting duplicates.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let counts = behind_gateway.span_id_counts();

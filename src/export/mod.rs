@@ -23,7 +23,7 @@ pub mod retry;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -33,6 +33,7 @@ use tracespool_storage::{Cursor, GapCause, ReadItem, Record};
 use crate::config::DestinationConfig;
 use crate::deadletter::DeadLetters;
 use crate::otlp::CODEC_OTLP_TRACES_PROTOBUF;
+use crate::throttle::Throttle;
 use client::{Client, Sent};
 use retry::Backoff;
 
@@ -69,8 +70,7 @@ impl Worker {
         let mut reader = this.cursor.reader();
         let slots = Arc::new(Semaphore::new(this.cfg.max_in_flight));
         let mut tasks = JoinSet::new();
-        let last_warn = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
+        let throttle = Arc::new(Throttle::new(WARN_EVERY));
         tracing::info!(
             destination = %this.name,
             endpoint = %this.cfg.endpoint,
@@ -121,9 +121,9 @@ impl Worker {
                 Ok(ReadItem::Record(record)) => {
                     let w = this.clone();
                     let stop = stop.clone();
-                    let last_warn = last_warn.clone();
+                    let throttle = throttle.clone();
                     tasks.spawn(async move {
-                        w.deliver(record, &stop, &last_warn, started).await;
+                        w.deliver(record, &stop, &throttle).await;
                         drop(permit);
                     });
                 }
@@ -159,13 +159,7 @@ impl Worker {
         }
     }
 
-    async fn deliver(
-        &self,
-        record: Record,
-        stop: &CancellationToken,
-        last_warn: &AtomicU64,
-        started: Instant,
-    ) {
+    async fn deliver(&self, record: Record, stop: &CancellationToken, throttle: &Throttle) {
         let seq = record.seq;
         let key = format!("{}-{seq}", self.instance_id);
         if record.codec != CODEC_OTLP_TRACES_PROTOBUF {
@@ -228,13 +222,7 @@ impl Worker {
                     retry_after,
                 } => {
                     let wait = backoff.next(retry_after);
-                    let now = started.elapsed().as_secs() + 1;
-                    let last = last_warn.load(Ordering::Relaxed);
-                    if now >= last + WARN_EVERY.as_secs()
-                        && last_warn
-                            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                            .is_ok()
-                    {
+                    if throttle.allow() {
                         tracing::warn!(
                             destination = %self.name,
                             seq,

@@ -2,59 +2,43 @@
 //! pass-through codec, so the request bytes go to the log as the client encoded them.
 //! gzip request compression is accepted; the decompressed size is bounded.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::CompressionEncoding;
-use tonic::server::{Grpc, NamedService, UnaryService};
 
 use super::{Accepted, Batch, Ingest, Rejection, Source};
-use crate::otlp::codec::{RawCodec, EXPORT_PATH, SERVICE_NAME};
+use crate::otlp::codec::{ExportFuture, ExportHandler, ExportService};
 use crate::otlp::wire::inspect_trace_request;
 
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+/// The OTLP/gRPC trace service of the receiver.
+pub type TraceService = ExportService<Receive>;
 
-/// The TraceService as a tower service.
-#[derive(Clone)]
-pub struct TraceService {
+pub fn trace_service(
     ingest: Arc<Ingest>,
-    max_decoded: usize,
-    max_encoded: usize,
-}
-
-impl NamedService for TraceService {
-    const NAME: &'static str = SERVICE_NAME;
-}
-
-impl TraceService {
-    pub fn new(
-        ingest: Arc<Ingest>,
-        max_request_bytes: usize,
-        max_decompressed_bytes: usize,
-    ) -> Self {
-        Self {
+    max_request_bytes: usize,
+    max_decompressed_bytes: usize,
+) -> TraceService {
+    ExportService::new(
+        Receive {
             ingest,
-            max_decoded: max_decompressed_bytes,
             max_encoded: max_request_bytes,
-        }
-    }
+        },
+        max_decompressed_bytes,
+    )
 }
 
-struct Export {
+/// Checks and stores one Export request.
+#[derive(Clone)]
+pub struct Receive {
     ingest: Arc<Ingest>,
     max_encoded: usize,
 }
 
-impl UnaryService<Bytes> for Export {
-    type Response = Bytes;
-    type Future = BoxFuture<Result<tonic::Response<Bytes>, tonic::Status>>;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+impl ExportHandler for Receive {
+    fn export(&self, request: tonic::Request<Bytes>) -> ExportFuture {
         let ingest = self.ingest.clone();
         let max_encoded = self.max_encoded;
         Box::pin(async move {
@@ -100,45 +84,6 @@ impl UnaryService<Bytes> for Export {
                     Err(r.grpc_status())
                 }
             }
-        })
-    }
-}
-
-impl tonic::codegen::Service<http::Request<tonic::body::Body>> for TraceService {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        if req.uri().path() != EXPORT_PATH {
-            return Box::pin(async move {
-                let mut response = http::Response::new(tonic::body::Body::default());
-                let headers = response.headers_mut();
-                headers.insert(
-                    tonic::Status::GRPC_STATUS,
-                    (tonic::Code::Unimplemented as i32).into(),
-                );
-                headers.insert(
-                    http::header::CONTENT_TYPE,
-                    tonic::metadata::GRPC_CONTENT_TYPE,
-                );
-                Ok(response)
-            });
-        }
-        let export = Export {
-            ingest: self.ingest.clone(),
-            max_encoded: self.max_encoded,
-        };
-        let max_decoded = self.max_decoded;
-        Box::pin(async move {
-            let mut grpc = Grpc::new(RawCodec)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(max_decoded);
-            Ok(grpc.unary(export, req).await)
         })
     }
 }

@@ -6,9 +6,8 @@ pub mod grpc;
 pub mod http;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tracespool_storage::{AppendError, NewRecord, Wal, MAX_KEY_LEN};
@@ -16,6 +15,7 @@ use tracespool_storage::{AppendError, NewRecord, Wal, MAX_KEY_LEN};
 use crate::dedup::{Begin, Dedup};
 use crate::otlp::CODEC_OTLP_TRACES_PROTOBUF;
 pub use crate::status::Rejection;
+use crate::throttle::Throttle;
 
 /// Where a request came from, for logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,9 +59,8 @@ pub struct Ingest {
     wal: Wal,
     dedup: Arc<Dedup>,
     retry_after: Duration,
-    /// When the last "budget full" warning was logged (rate limit).
-    last_full_warning: AtomicU64,
-    started: Instant,
+    /// "Spool full" is logged at most once a second.
+    full_warning: Throttle,
 }
 
 impl Ingest {
@@ -70,8 +69,7 @@ impl Ingest {
             wal,
             dedup,
             retry_after,
-            last_full_warning: AtomicU64::new(0),
-            started: Instant::now(),
+            full_warning: Throttle::new(Duration::from_secs(1)),
         }
     }
 
@@ -145,14 +143,7 @@ impl Ingest {
     fn rejection(&self, e: AppendError) -> Rejection {
         match e {
             AppendError::Full(reason) => {
-                let now = self.started.elapsed().as_secs() + 1;
-                let last = self.last_full_warning.load(Ordering::Relaxed);
-                if now > last
-                    && self
-                        .last_full_warning
-                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
+                if self.full_warning.allow() {
                     tracing::warn!(reason = %reason, "refusing requests: the spool is full (backpressure)");
                 }
                 Rejection::Full {

@@ -2,11 +2,9 @@
 //! accepts, with switchable failure modes to play an unreliable uplink.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use axum::body::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -14,8 +12,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::server::{Grpc, NamedService, UnaryService};
-use tracespool::otlp::codec::{RawCodec, SERVICE_NAME};
+use tracespool::otlp::codec::{ExportFuture, ExportHandler, ExportService};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -106,9 +103,11 @@ impl Backend {
     fn serve(&mut self, listener: TcpListener) {
         let state = self.state.clone();
         let router: axum::Router = match self.kind {
-            Kind::Grpc => tonic::service::Routes::new(GrpcSink(state))
-                .prepare()
-                .into_axum_router(),
+            Kind::Grpc => {
+                tonic::service::Routes::new(ExportService::new(GrpcSink(state), 256 << 20))
+                    .prepare()
+                    .into_axum_router()
+            }
             Kind::Http => axum::Router::new()
                 .route("/v1/traces", axum::routing::post(http_sink))
                 .with_state(state),
@@ -309,18 +308,8 @@ fn decide(state: &State, key: Option<String>, body: &[u8]) -> Answer {
 #[derive(Clone)]
 struct GrpcSink(Arc<State>);
 
-impl NamedService for GrpcSink {
-    const NAME: &'static str = SERVICE_NAME;
-}
-
-struct Unary(Arc<State>);
-
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-impl UnaryService<Bytes> for Unary {
-    type Response = Bytes;
-    type Future = BoxFuture<Result<tonic::Response<Bytes>, tonic::Status>>;
-    fn call(&mut self, req: tonic::Request<Bytes>) -> Self::Future {
+impl ExportHandler for GrpcSink {
+    fn export(&self, req: tonic::Request<Bytes>) -> ExportFuture {
         let state = self.0.clone();
         Box::pin(async move {
             let key = req
@@ -335,24 +324,6 @@ impl UnaryService<Bytes> for Unary {
                 Answer::Invalid(m) => Err(tonic::Status::invalid_argument(m)),
                 Answer::Never => std::future::pending().await,
             }
-        })
-    }
-}
-
-impl tonic::codegen::Service<http::Request<tonic::body::Body>> for GrpcSink {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let state = self.0.clone();
-        Box::pin(async move {
-            let mut grpc = Grpc::new(RawCodec)
-                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-                .max_decoding_message_size(256 << 20);
-            Ok(grpc.unary(Unary(state), req).await)
         })
     }
 }

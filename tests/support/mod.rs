@@ -31,3 +31,28 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until `backend` has every span of `acked`, then checks it has nothing
+/// else (span ids). Panics with what is missing or extra.
+pub async fn assert_delivered(
+    backend: &backend::Backend,
+    acked: &std::collections::BTreeSet<String>,
+    what: &str,
+) {
+    let all_there = eventually(Duration::from_secs(60), || {
+        let got: std::collections::BTreeSet<String> =
+            backend.span_id_counts().into_keys().collect();
+        acked.is_subset(&got)
+    })
+    .await;
+    let got: std::collections::BTreeSet<String> = backend.span_id_counts().into_keys().collect();
+    assert!(
+        all_there,
+        "{what}: {} acknowledged spans never arrived",
+        acked.difference(&got).count()
+    );
+    assert_eq!(
+        &got, acked,
+        "{what}: spans arrived that nobody acknowledged"
+    );
+}
