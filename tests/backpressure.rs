@@ -96,7 +96,19 @@ async fn full_spool_refuses_with_retry_hints_and_clients_succeed_after_the_outag
             ],
         ),
     ];
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Keep the outage on until both clients have been refused at least once.
+    let refused = support::eventually(Duration::from_secs(60), || {
+        clients[0].stderr().contains("RESOURCE_EXHAUSTED")
+            && (clients[1].stderr().contains("Too Many Requests")
+                || clients[1].stderr().contains("429"))
+    })
+    .await;
+    assert!(
+        refused,
+        "clients were not refused:\n{}\n{}",
+        clients[0].stderr(),
+        clients[1].stderr()
+    );
     spool.note("backend back");
     backend.restart().await;
     let mut codes = Vec::new();
@@ -126,10 +138,11 @@ async fn drop_oldest_never_refuses_and_counts_every_dropped_span() {
     let dir = tempfile::tempdir().unwrap();
     let mut backend = Backend::start(Kind::Grpc).await;
     let storage = format!("{STORAGE}\nwhen_full = \"drop_oldest\"");
+    // No export may time out (and be sent twice) on a busy machine.
     let mut spool = Spool::new(
         dir.path(),
         &storage,
-        &[Dest::new("b", &backend.endpoint(), "grpc")],
+        &[Dest::new("b", &backend.endpoint(), "grpc").timeout("30s")],
     );
     spool.start();
     backend.stop();

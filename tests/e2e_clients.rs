@@ -20,8 +20,10 @@ async fn python_sdk_spans_arrive_intact_over_grpc_and_http() {
         dir.path(),
         "",
         &[
-            Dest::new("to-grpc", &grpc_backend.endpoint(), "grpc"),
-            Dest::new("to-http", &http_backend.endpoint(), "http").with("compression = \"gzip\""),
+            Dest::new("to-grpc", &grpc_backend.endpoint(), "grpc").timeout("60s"),
+            Dest::new("to-http", &http_backend.endpoint(), "http")
+                .timeout("60s")
+                .with("compression = \"gzip\""),
         ],
     );
     spool.start();

@@ -24,10 +24,12 @@ async fn sigkill_under_load_loses_nothing_and_a_dedup_tier_makes_delivery_exactl
     let edge_dir = dir.path().join("edge");
     std::fs::create_dir_all(&gw_dir).unwrap();
     std::fs::create_dir_all(&edge_dir).unwrap();
+    // A generous timeout: the gateway's own export must not time out and resend
+    // on a busy machine (its hop to the final backend is at-least-once itself).
     let mut gateway = Spool::new(
         &gw_dir,
         "",
-        &[Dest::new("final", &behind_gateway.endpoint(), "http")],
+        &[Dest::new("final", &behind_gateway.endpoint(), "http").timeout("60s")],
     );
     gateway.start();
     let mut edge = Spool::new(

@@ -115,6 +115,8 @@ def main():
     p.add_argument("--pause", type=float, default=0.0, help="seconds between batches")
     args = p.parse_args()
 
+    # The exporters' warnings go to stderr (the tests watch them) and are counted.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     codes = Codes()
     logging.getLogger("opentelemetry").addHandler(codes)
     logging.getLogger("opentelemetry").setLevel(logging.INFO)

@@ -56,6 +56,7 @@ pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> PyClient {
     let child = Command::new(python())
         .arg(script())
         .args(args)
+        .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
         .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
@@ -65,6 +66,11 @@ pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> PyClient {
 }
 
 impl PyClient {
+    /// What the client (its exporters) has logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
     pub fn wait(mut self) -> PyResult {
         let status = self.child.wait().unwrap();
         let stderr = std::fs::read_to_string(&self.err).unwrap_or_default();
