@@ -26,6 +26,7 @@ pub mod failpoints;
 pub mod format;
 mod fsutil;
 mod meta;
+pub mod offline;
 mod queue;
 mod reader;
 mod recovery;
@@ -41,7 +42,7 @@ pub use error::{AppendError, CursorError, FullReason, OpenError, ReadError};
 pub use format::{Codec, MAX_KEY_LEN};
 pub use reader::Reader;
 pub use types::{
-    Appended, CursorLoss, CursorStart, Eviction, Gap, GapCause, LostRange, NewRecord, ReadItem,
-    Record, RecoveryReport, TornTail, WalEvent, WalStats,
+    Appended, CursorLoss, CursorStart, EventHook, Eviction, Gap, GapCause, LostRange, NewRecord,
+    ReadItem, Record, RecoveryReport, TornTail, WalEvent, WalStats,
 };
 pub use wal::Wal;

@@ -155,11 +155,20 @@ impl Meta {
         self.damage.apply_batch(batch)
     }
 
-    /// Records a damaged range; returns false if it was already known.
-    pub fn record_damage(&self, lost: &LostRange) -> sled::Result<bool> {
+    fn damage_key(lost: &LostRange) -> [u8; 16] {
         let mut key = [0u8; 16];
         key[..8].copy_from_slice(&be(lost.segment));
         key[8..].copy_from_slice(&be(lost.offset));
+        key
+    }
+
+    pub fn has_damage(&self, lost: &LostRange) -> sled::Result<bool> {
+        self.damage.contains_key(Self::damage_key(lost))
+    }
+
+    /// Records a damaged range; returns false if it was already known.
+    pub fn record_damage(&self, lost: &LostRange) -> sled::Result<bool> {
+        let key = Self::damage_key(lost);
         let prev = self
             .damage
             .compare_and_swap(key, None as Option<&[u8]>, Some(lost.encode()))?;

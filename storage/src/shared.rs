@@ -12,7 +12,7 @@ use crate::cursor::CursorState;
 use crate::fsutil::DirLock;
 use crate::meta::Meta;
 use crate::segment::{segment_path, MapTracker, SegmentTable};
-use crate::types::{LostRange, WalEvent};
+use crate::types::{EventHook, LostRange, WalEvent};
 
 /// What readers may see. Published by the writer after each commit, as one
 /// consistent snapshot.
@@ -47,6 +47,9 @@ pub(crate) struct Shared {
     pub known_damage: Mutex<HashSet<(u64, u64)>>,
     /// Loss events, once somebody took the receiving end.
     pub events: Mutex<Option<mpsc::UnboundedSender<WalEvent>>>,
+    /// Called synchronously with every loss event, before the loss takes effect on
+    /// disk (see [`Wal::open_with_hook`](crate::Wal::open_with_hook)).
+    pub hook: Option<EventHook>,
     /// `fdatasync` calls of the active segment, and the records they covered: the
     /// group commit's effectiveness (records per sync).
     pub syncs: AtomicU64,
@@ -64,6 +67,9 @@ impl Shared {
     }
 
     pub fn emit(&self, event: WalEvent) {
+        if let Some(hook) = &self.hook {
+            hook(&event);
+        }
         if let Some(tx) = self.events.lock().unwrap().as_ref() {
             let _ = tx.send(event);
         }
@@ -79,10 +85,12 @@ impl Shared {
         if !fresh_here {
             return false;
         }
-        let fresh = match self.meta.record_damage(lost) {
-            Ok(fresh) => fresh,
+        // Reported (hook, events) before it is recorded as known: a crash in between
+        // reports it again rather than never.
+        let fresh = match self.meta.has_damage(lost) {
+            Ok(known) => !known,
             Err(e) => {
-                tracing::error!(error = %e, "could not persist damage record; reporting it anyway");
+                tracing::error!(error = %e, "could not read the damage registry; reporting anyway");
                 true
             }
         };
@@ -98,6 +106,9 @@ impl Shared {
                 "damaged records skipped"
             );
             self.emit(WalEvent::Damaged(lost.clone()));
+            if let Err(e) = self.meta.record_damage(lost) {
+                tracing::error!(error = %e, "could not persist damage record");
+            }
         }
         fresh
     }

@@ -77,6 +77,8 @@ pub struct CursorLoss {
     pub cursor: String,
     pub records: u64,
     pub spans: u64,
+    /// The seq ranges it lost (inclusive).
+    pub ranges: Vec<(u64, u64)>,
 }
 
 /// A contiguous range of records that is unreadable because its bytes are damaged.
@@ -205,6 +207,12 @@ pub enum WalEvent {
     /// A damaged range found for the first time (at open, or by a reader).
     Damaged(LostRange),
 }
+
+/// A function called with every loss event, synchronously, before the loss takes
+/// effect on disk: an eviction before the segment is unlinked, damage before it is
+/// recorded as known. An audit trail written from it cannot miss a loss, even across
+/// `kill -9`.
+pub type EventHook = std::sync::Arc<dyn Fn(&WalEvent) + Send + Sync>;
 
 /// Where a new cursor starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use crate::reader::Reader;
 use crate::recovery::{ensure_layout, recover};
 use crate::shared::{Shared, Watermark};
 use crate::types::{
-    Appended, CursorStart, LostRange, NewRecord, RecoveryReport, WalEvent, WalStats,
+    Appended, CursorStart, EventHook, LostRange, NewRecord, RecoveryReport, WalEvent, WalStats,
 };
 use crate::writer::{AppendRequest, Command, Writer};
 
@@ -67,6 +67,15 @@ impl Wal {
     /// Opens (creating if needed) the log in `cfg.dir`, recovering from whatever state
     /// a crash left. Blocking: it reads the active segment and syncs it.
     pub fn open(cfg: WalConfig) -> Result<(Self, RecoveryReport), OpenError> {
+        Self::open_with_hook(cfg, None)
+    }
+
+    /// [`Wal::open`], with a function called synchronously for every loss event
+    /// (including damage found by recovery during this open). See [`EventHook`].
+    pub fn open_with_hook(
+        cfg: WalConfig,
+        hook: Option<EventHook>,
+    ) -> Result<(Self, RecoveryReport), OpenError> {
         let started = Instant::now();
         cfg.validate().map_err(OpenError::Config)?;
         let (wal_dir, quarantine_dir) = ensure_layout(&cfg)?;
@@ -124,6 +133,7 @@ impl Wal {
             evicted_below: AtomicU64::new(0),
             known_damage: Mutex::new(known_damage),
             events: Mutex::new(None),
+            hook,
             syncs: AtomicU64::new(0),
             synced_records: AtomicU64::new(0),
             failed: OnceLock::new(),

@@ -759,6 +759,17 @@ impl Writer {
     fn evict(&mut self, first: u64, last: u64, len: u64) -> Result<Eviction, AppendError> {
         let path = self.shared.segment_path(first);
         let eviction = self.describe(first, last, len, &path);
+        tracing::warn!(
+            segment = %path.display(),
+            first_seq = eviction.first_seq,
+            last_seq = eviction.last_seq,
+            spans = eviction.spans,
+            undelivered_records = eviction.undelivered_records,
+            undelivered_spans = eviction.undelivered_spans,
+            "disk budget full: oldest segment evicted (when_full = drop_oldest)"
+        );
+        // Reported before it happens, so an audit trail cannot miss it.
+        self.shared.emit(WalEvent::Evicted(eviction.clone()));
         // D1: unlink.
         if let Err(e) = fs::remove_file(&path) {
             return Err(self.fail(format!("deleting {} to make room: {e}", path.display())));
@@ -774,16 +785,6 @@ impl Writer {
         if let Err(e) = self.shared.meta.forget_segment(first) {
             tracing::warn!(error = %e, segment = first, "could not drop metadata of evicted segment");
         }
-        tracing::warn!(
-            segment = %path.display(),
-            first_seq = eviction.first_seq,
-            last_seq = eviction.last_seq,
-            spans = eviction.spans,
-            undelivered_records = eviction.undelivered_records,
-            undelivered_spans = eviction.undelivered_spans,
-            "disk budget full: oldest segment evicted (when_full = drop_oldest)"
-        );
-        self.shared.emit(WalEvent::Evicted(eviction.clone()));
         Ok(eviction)
     }
 
@@ -846,6 +847,7 @@ impl Writer {
                     cursor: c.name.clone(),
                     records,
                     spans: lost.iter().map(|&(s, e)| spans_in(s, e)).sum(),
+                    ranges: lost.clone(),
                 });
             }
             union.extend(lost);

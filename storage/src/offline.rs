@@ -1,0 +1,200 @@
+//! Reading a log from outside the process that owns it: for the command-line tools,
+//! on a stopped forwarder's data directory or beside a running one.
+//!
+//! Nothing here locks, writes, or maps files: segments are read with plain reads
+//! into memory, one at a time, so a running forwarder deleting or growing a segment
+//! cannot crash the reader (a segment deleted meanwhile is reported as gone; one
+//! whose blocks were released reads as damaged). Frames are checked with the same
+//! rules as recovery and the in-process reader (`FORMAT.md`).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::format::{SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::fsutil::parse_segment_file_name;
+use crate::segment::{scan_at, Scan, RECORDS_START};
+use crate::types::{time_from_nanos, LostRange, Record};
+
+/// A segment file as found on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentFile {
+    pub first_seq: u64,
+    pub path: PathBuf,
+    pub len: u64,
+    /// Why the header is not valid, if it is not.
+    pub header_error: Option<String>,
+}
+
+/// The segments of the log in `data_dir`, oldest first.
+pub fn list_segments(data_dir: &Path) -> io::Result<Vec<SegmentFile>> {
+    let wal = data_dir.join("wal");
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&wal)? {
+        let entry = entry?;
+        let Some(first_seq) = entry.file_name().to_str().and_then(parse_segment_file_name) else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(bytes) = read_prefix(&path, SEGMENT_HEADER_LEN) else {
+            continue; // deleted meanwhile
+        };
+        let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let header_error = match SegmentHeader::decode(&bytes) {
+            Ok(h) if h.first_seq != first_seq => Some(format!("header says first seq {}", h.first_seq)),
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        out.push(SegmentFile {
+            first_seq,
+            path,
+            len,
+            header_error,
+        });
+    }
+    out.sort_by_key(|s| s.first_seq);
+    Ok(out)
+}
+
+fn read_prefix(path: &Path, n: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(n);
+    fs::File::open(path)?.take(n as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// What a segment holds, record by record.
+#[derive(Clone, Debug, Default)]
+pub struct SegmentContents {
+    pub records: Vec<Record>,
+    /// Damaged ranges, exact (given the next segment's first seq for a sealed one).
+    pub damage: Vec<LostRange>,
+    /// Bytes after the last valid record that hold no complete record: an append in
+    /// progress (the active segment of a running forwarder) or torn by a crash.
+    pub incomplete_tail: Option<(u64, u64)>,
+}
+
+/// Reads and checks every record of `segment`. `next_first_seq` is the first seq of
+/// the following segment (`None` for the last one). Payloads are kept only if
+/// `with_payloads`.
+pub fn read_segment(segment: &SegmentFile, next_first_seq: Option<u64>, with_payloads: bool) -> io::Result<SegmentContents> {
+    let bytes = fs::read(&segment.path)?;
+    let mut out = SegmentContents::default();
+    let first = segment.first_seq;
+    let mut offset = RECORDS_START.min(bytes.len());
+    let mut last_good = first - 1;
+    let damage = |first_seq: u64, last_seq: u64, offset: usize, reason: String| LostRange {
+        first_seq,
+        last_seq,
+        segment: first,
+        offset: offset as u64,
+        spans: None,
+        reason,
+    };
+    loop {
+        match scan_at(&bytes, offset, bytes.len(), last_good) {
+            Scan::Frame { offset: at, frame } => {
+                let seq = frame.header.seq;
+                if seq > last_good {
+                    if seq > last_good + 1 {
+                        out.damage.push(damage(last_good + 1, seq - 1, at, "records missing".into()));
+                    }
+                    let key_start = at + crate::format::RECORD_HEADER_LEN;
+                    let key_end = key_start + frame.key.len();
+                    out.records.push(Record {
+                        seq,
+                        received_at: time_from_nanos(frame.header.received_at_nanos),
+                        span_count: frame.header.span_count,
+                        codec: frame.header.codec,
+                        idempotency_key: Bytes::copy_from_slice(&bytes[key_start..key_end]),
+                        payload: if with_payloads {
+                            Bytes::copy_from_slice(frame.payload)
+                        } else {
+                            Bytes::new()
+                        },
+                    });
+                    last_good = seq;
+                }
+                offset = at + frame.frame_len();
+            }
+            Scan::End => break,
+            Scan::Damage(d) => match d.resume {
+                Some((at, seq)) => {
+                    if seq > last_good + 1 {
+                        let mut l = damage(last_good + 1, seq - 1, d.offset, d.error.to_string());
+                        if seq == last_good + 2 {
+                            l.spans = d.spans;
+                        }
+                        out.damage.push(l);
+                    }
+                    offset = at;
+                    last_good = seq - 1;
+                }
+                None => {
+                    match next_first_seq {
+                        // A sealed segment: everything up to the next one is lost.
+                        Some(next) if next > last_good + 1 => {
+                            out.damage.push(damage(last_good + 1, next - 1, d.offset, d.error.to_string()));
+                        }
+                        Some(_) => {}
+                        None => out.incomplete_tail = Some((d.offset as u64, (bytes.len() - d.offset) as u64)),
+                    }
+                    return Ok(out);
+                }
+            },
+        }
+    }
+    if let Some(next) = next_first_seq {
+        if next > last_good + 1 {
+            out.damage.push(damage(last_good + 1, next - 1, offset, format!("segment ends at byte {offset} (truncated)")));
+        }
+    }
+    Ok(out)
+}
+
+/// The record `seq`, with its payload, if it is on disk and intact.
+pub fn read_record(data_dir: &Path, seq: u64) -> io::Result<Option<Record>> {
+    let segments = list_segments(data_dir)?;
+    let Some(i) = segments.iter().rposition(|s| s.first_seq <= seq) else {
+        return Ok(None);
+    };
+    let next = segments.get(i + 1).map(|s| s.first_seq);
+    match read_segment(&segments[i], next, true) {
+        Ok(c) => Ok(c.records.into_iter().find(|r| r.seq == seq)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Visits every intact record with seq in `from..=to`, oldest first, segment by
+/// segment (one segment in memory at a time). Returns the damaged ranges met.
+pub fn for_each_record(
+    data_dir: &Path,
+    from: u64,
+    to: u64,
+    with_payloads: bool,
+    mut visit: impl FnMut(Record) -> io::Result<()>,
+) -> io::Result<Vec<LostRange>> {
+    let segments = list_segments(data_dir)?;
+    let mut damage = Vec::new();
+    for (i, seg) in segments.iter().enumerate() {
+        let next = segments.get(i + 1).map(|s| s.first_seq);
+        if next.is_some_and(|n| n <= from) || seg.first_seq > to {
+            continue;
+        }
+        let contents = match read_segment(seg, next, with_payloads) {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        damage.extend(contents.damage);
+        for r in contents.records {
+            if (from..=to).contains(&r.seq) {
+                visit(r)?;
+            }
+        }
+    }
+    Ok(damage)
+}
