@@ -18,6 +18,7 @@
 //! readers see the record → consumer acks on its [`Cursor`] → retention deletes
 //! segments every cursor has passed.
 
+mod backlog;
 mod config;
 mod cursor;
 mod deleter;
@@ -36,6 +37,7 @@ mod types;
 mod wal;
 mod writer;
 
+pub use backlog::Backlog;
 pub use config::{FsyncPolicy, WalConfig, WhenFull, GIB, MIB};
 pub use cursor::Cursor;
 pub use error::{AppendError, CursorError, FullReason, OpenError, ReadError};

@@ -43,7 +43,9 @@ pub fn list_segments(data_dir: &Path) -> io::Result<Vec<SegmentFile>> {
         };
         let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let header_error = match SegmentHeader::decode(&bytes) {
-            Ok(h) if h.first_seq != first_seq => Some(format!("header says first seq {}", h.first_seq)),
+            Ok(h) if h.first_seq != first_seq => {
+                Some(format!("header says first seq {}", h.first_seq))
+            }
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         };
@@ -79,7 +81,11 @@ pub struct SegmentContents {
 /// Reads and checks every record of `segment`. `next_first_seq` is the first seq of
 /// the following segment (`None` for the last one). Payloads are kept only if
 /// `with_payloads`.
-pub fn read_segment(segment: &SegmentFile, next_first_seq: Option<u64>, with_payloads: bool) -> io::Result<SegmentContents> {
+pub fn read_segment(
+    segment: &SegmentFile,
+    next_first_seq: Option<u64>,
+    with_payloads: bool,
+) -> io::Result<SegmentContents> {
     let bytes = fs::read(&segment.path)?;
     let mut out = SegmentContents::default();
     let first = segment.first_seq;
@@ -99,7 +105,12 @@ pub fn read_segment(segment: &SegmentFile, next_first_seq: Option<u64>, with_pay
                 let seq = frame.header.seq;
                 if seq > last_good {
                     if seq > last_good + 1 {
-                        out.damage.push(damage(last_good + 1, seq - 1, at, "records missing".into()));
+                        out.damage.push(damage(
+                            last_good + 1,
+                            seq - 1,
+                            at,
+                            "records missing".into(),
+                        ));
                     }
                     let key_start = at + crate::format::RECORD_HEADER_LEN;
                     let key_end = key_start + frame.key.len();
@@ -136,10 +147,18 @@ pub fn read_segment(segment: &SegmentFile, next_first_seq: Option<u64>, with_pay
                     match next_first_seq {
                         // A sealed segment: everything up to the next one is lost.
                         Some(next) if next > last_good + 1 => {
-                            out.damage.push(damage(last_good + 1, next - 1, d.offset, d.error.to_string()));
+                            out.damage.push(damage(
+                                last_good + 1,
+                                next - 1,
+                                d.offset,
+                                d.error.to_string(),
+                            ));
                         }
                         Some(_) => {}
-                        None => out.incomplete_tail = Some((d.offset as u64, (bytes.len() - d.offset) as u64)),
+                        None => {
+                            out.incomplete_tail =
+                                Some((d.offset as u64, (bytes.len() - d.offset) as u64))
+                        }
                     }
                     return Ok(out);
                 }
@@ -148,7 +167,12 @@ pub fn read_segment(segment: &SegmentFile, next_first_seq: Option<u64>, with_pay
     }
     if let Some(next) = next_first_seq {
         if next > last_good + 1 {
-            out.damage.push(damage(last_good + 1, next - 1, offset, format!("segment ends at byte {offset} (truncated)")));
+            out.damage.push(damage(
+                last_good + 1,
+                next - 1,
+                offset,
+                format!("segment ends at byte {offset} (truncated)"),
+            ));
         }
     }
     Ok(out)

@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub table: RwLock<SegmentTable>,
     /// Segments mapped by readers in this process.
     pub maps: Arc<MapTracker>,
+    /// Totals of sealed segments, for backlog queries.
+    pub backlog: crate::backlog::BacklogCache,
     /// Published by the writer after each commit; readers clone it and wait on it.
     /// The writer owns the sending side, so readers learn when it has stopped.
     pub watermark: watch::Receiver<Watermark>,
@@ -54,6 +56,8 @@ pub(crate) struct Shared {
     /// group commit's effectiveness (records per sync).
     pub syncs: AtomicU64,
     pub synced_records: AtomicU64,
+    /// Durations of those `fdatasync`s.
+    pub sync_durations: crate::types::DurationHistogram,
     /// Set once, by the first I/O error the log cannot recover from; from then on
     /// every append fails with it (a failed fsync is final).
     pub failed: OnceLock<Arc<str>>,

@@ -224,7 +224,7 @@ pub enum CursorStart {
 }
 
 /// A snapshot of the log's state.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WalStats {
     pub segments: usize,
     /// Bytes of all segment files.
@@ -239,6 +239,8 @@ pub struct WalStats {
     /// made durable: records per sync is the group commit's batching factor.
     pub syncs: u64,
     pub synced_records: u64,
+    /// How long those syncs took.
+    pub sync_durations: HistogramSnapshot,
     /// The error that stopped the log accepting appends, if any.
     pub failed: Option<String>,
 }
@@ -251,4 +253,57 @@ pub(crate) fn nanos_since_epoch(t: SystemTime) -> u64 {
 
 pub(crate) fn time_from_nanos(n: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(n)
+}
+
+/// Upper bounds (seconds) of the buckets of [`DurationHistogram`].
+pub const DURATION_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A lock-free histogram of durations with fixed buckets.
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    /// Observations per bucket (not cumulative); the last counts those above every
+    /// bound.
+    buckets: [std::sync::atomic::AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_nanos: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of a [`DurationHistogram`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// (upper bound in seconds, observations in this bucket — not cumulative), for
+    /// each bound and a last bucket bounded by `f64::INFINITY`.
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl DurationHistogram {
+    pub fn observe(&self, d: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = d.as_secs_f64();
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.buckets.iter().map(|b| b.load(Relaxed)))
+            .collect();
+        HistogramSnapshot {
+            count: buckets.iter().map(|b| b.1).sum(),
+            buckets,
+            sum_seconds: self.sum_nanos.load(Relaxed) as f64 / 1e9,
+        }
+    }
 }

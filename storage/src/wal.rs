@@ -128,6 +128,7 @@ impl Wal {
             meta,
             table: RwLock::new(rec.table),
             maps: Default::default(),
+            backlog: Default::default(),
             watermark: wm_rx,
             cursors: RwLock::new(cursors),
             evicted_below: AtomicU64::new(0),
@@ -136,6 +137,7 @@ impl Wal {
             hook,
             syncs: AtomicU64::new(0),
             synced_records: AtomicU64::new(0),
+            sync_durations: Default::default(),
             failed: OnceLock::new(),
             _lock: lock,
             cfg,
@@ -386,8 +388,15 @@ impl Wal {
             cursors: self.cursor_positions(),
             syncs: shared.syncs.load(Ordering::Relaxed),
             synced_records: shared.synced_records.load(Ordering::Relaxed),
+            sync_durations: shared.sync_durations.snapshot(),
             failed: shared.failed.get().map(|c| c.to_string()),
         }
+    }
+
+    /// What is stored after `seq` (readable now): records, spans, bytes, and when the
+    /// oldest was received. For a cursor: `wal.backlog(cursor.position())`.
+    pub fn backlog(&self, seq: u64) -> crate::Backlog {
+        crate::backlog::backlog(&self.inner.shared, seq)
     }
 
     /// Seals the active segment now (if it holds records) and starts a new one.

@@ -638,6 +638,7 @@ impl Writer {
             None => self.active.file.sync_data(),
         };
         let took = started.elapsed();
+        self.shared.sync_durations.observe(took);
         self.sync_time = (self.sync_time * 7 + took) / 8;
         if took > SLOW_SYNC {
             tracing::warn!(segment = %self.active.path.display(), took_ms = took.as_millis() as u64, "slow fdatasync: the disk is struggling");

@@ -47,13 +47,21 @@ async fn offline_reading_reports_the_same_damage_as_the_log() {
     let mut offline = Vec::new();
     for (i, s) in segments.iter().enumerate() {
         let next = segments.get(i + 1).map(|n| n.first_seq);
-        offline.extend(read_segment(s, next, false).unwrap().damage.into_iter().map(|l| (l.first_seq, l.last_seq)));
+        offline.extend(
+            read_segment(s, next, false)
+                .unwrap()
+                .damage
+                .into_iter()
+                .map(|l| (l.first_seq, l.last_seq)),
+        );
     }
     let (wal, _) = Wal::open(small_config(dir.path())).unwrap();
     let online: Vec<(u64, u64)> = read_all(&wal)
         .into_iter()
         .filter_map(|i| match i {
-            ReadItem::Gap(g) if matches!(g.cause, GapCause::Damaged(_)) => Some((g.first_seq, g.last_seq)),
+            ReadItem::Gap(g) if matches!(g.cause, GapCause::Damaged(_)) => {
+                Some((g.first_seq, g.last_seq))
+            }
             _ => None,
         })
         .collect();
