@@ -1,5 +1,10 @@
-//! `tracespool run`: open the log, start the receivers and one replay worker per
-//! destination, and shut down cleanly on SIGTERM/SIGINT.
+//! `tracespool run`: open the log, start the receivers, one replay worker per
+//! destination and the admin listener, and shut down cleanly on SIGTERM/SIGINT.
+//!
+//! Start, in order: the audit ledger (so no loss found while opening the log can go
+//! unrecorded) → the log (recovery) → the ledger's recovery from the log → the
+//! instance id and the dedup index → cursors → listeners (bound before anything is
+//! announced) → workers.
 //!
 //! Shutdown, in order (readable here, in one place):
 //! 1. a signal cancels `stop`;
@@ -8,37 +13,64 @@
 //!    `service.shutdown_timeout`;
 //! 3. the replay workers stop; exports in flight are abandoned and redone after the
 //!    next start (their idempotency keys are the same);
-//! 4. the dedup index is checkpointed, cursors are flushed, the log is synced and
-//!    closed; the process exits 0.
+//! 4. the dedup index and the ledger are checkpointed, the state file written,
+//!    cursors flushed, the log synced and closed; the process exits 0.
 
-use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracespool_storage::{CursorStart, Wal, WalEvent};
+use tracespool_storage::{Cursor, CursorStart, EventHook, Wal, WalEvent};
 
+use crate::admin::{self, Readiness};
 use crate::config::Config;
 use crate::deadletter::DeadLetters;
 use crate::dedup::{self, Dedup};
 use crate::export::client::Client;
-use crate::export::{DestinationStats, Worker};
+use crate::export::{DestinationStatus, Worker};
+use crate::ledger::{self, ms, now_ms, Entry, Ledger};
+use crate::metrics::Metrics;
 use crate::receiver::{grpc, http, Ingest};
+use crate::state::{DestinationState, State, WalState};
 
 /// Why `run` failed to start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct RunError(pub String);
 
+fn err(context: &str) -> impl FnOnce(String) -> RunError + '_ {
+    move |e| RunError(format!("{context}: {e}"))
+}
+
 pub async fn run(cfg: Config) -> Result<(), RunError> {
+    crate::metrics::mark_start();
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone());
+    let names: Vec<String> = cfg.destinations.iter().map(|d| d.name.clone()).collect();
+    let metrics = Metrics::new(&names);
+
+    // The ledger first: losses found while the log opens go into it.
+    let dir = cfg.storage.dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| err("creating the data directory")(e.to_string()))?;
+    let ledger = Arc::new(
+        Ledger::open(
+            &dir.join("ledger"),
+            cfg.audit.file_bytes.0,
+            cfg.audit_max_bytes(),
+            0,
+        )
+        .map_err(|e| err("opening the audit ledger")(e.to_string()))?,
+    );
+    let hook = loss_hook(ledger.clone(), metrics.clone());
 
     let wal_cfg = cfg.wal_config();
-    let (wal, report) = tokio::task::spawn_blocking(move || Wal::open(wal_cfg))
-        .await
-        .map_err(|e| RunError(e.to_string()))?
-        .map_err(|e| RunError(format!("opening the spool: {e}")))?;
+    let (wal, report) =
+        tokio::task::spawn_blocking(move || Wal::open_with_hook(wal_cfg, Some(hook)))
+            .await
+            .map_err(|e| RunError(e.to_string()))?
+            .map_err(|e| RunError(format!("opening the spool: {e}")))?;
     if let Some(torn) = &report.torn_tail {
         tracing::warn!(
             segment = torn.segment,
@@ -47,13 +79,60 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             next_seq = torn.first_seq,
             "recovered from an interrupted write"
         );
+        ledger.write(&Entry::Quarantined {
+            t: now_ms(),
+            segment: torn.segment,
+            first_seq: Some(torn.first_seq),
+            bytes: torn.bytes,
+            file: torn
+                .quarantined_to
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        });
     }
-    for lost in &report.lost {
-        log_damage(lost);
+    for q in &report.quarantined {
+        let seg = q
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('.').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        ledger.write(&Entry::Quarantined {
+            t: now_ms(),
+            segment: seg,
+            first_seq: None,
+            bytes: std::fs::metadata(q).map(|m| m.len()).unwrap_or(0),
+            file: q.display().to_string(),
+        });
     }
     let events = wal.take_events().expect("events taken once");
-    let instance_id = crate::instance::load_or_create(&cfg.storage.dir)
-        .map_err(|e| RunError(format!("instance id in {}: {e}", cfg.storage.dir.display())))?;
+    let instance_id = crate::instance::load_or_create(&dir)
+        .map_err(|e| RunError(format!("instance id in {}: {e}", dir.display())))?;
+    // Accepted entries lost to a crash, recovered from the log.
+    {
+        let (ledger, wal) = (ledger.clone(), wal.clone());
+        let recovered = tokio::task::spawn_blocking(move || {
+            let n = ledger.recover(&wal);
+            ledger.reset_tracker(wal.stats().last_seq);
+            n
+        })
+        .await
+        .map_err(|e| RunError(e.to_string()))?
+        .map_err(|e| err("recovering the audit ledger")(e.to_string()))?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "audit ledger: accepted entries lost to a crash recovered from the log"
+            );
+        }
+    }
+    ledger.write(&Entry::Started {
+        t: now_ms(),
+        instance_id: instance_id.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        next_seq: report.next_seq,
+    });
     let dedup = {
         let wal = wal.clone();
         let (window, max_keys) = (cfg.dedup.window.0, cfg.dedup.max_keys);
@@ -64,72 +143,100 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     };
 
     // Cursors of destinations no longer configured would hold the spool forever.
-    let configured: Vec<&str> = cfg.destinations.iter().map(|d| d.name.as_str()).collect();
-    for (name, position) in wal.cursor_positions() {
-        if !configured.contains(&name.as_str()) {
+    let existing = wal.cursor_positions();
+    for (name, position) in &existing {
+        if !names.contains(name) {
             tracing::warn!(destination = %name, position, "destination no longer configured; removing its cursor");
-            wal.remove_cursor(&name)
+            wal.remove_cursor(name)
                 .map_err(|e| RunError(format!("removing cursor {name}: {e}")))?;
+            ledger.write(&Entry::DestinationRemoved {
+                t: now_ms(),
+                destination: name.clone(),
+            });
         }
     }
-
-    // Bind before anything is announced, so a busy port fails the start.
-    let otlp = &cfg.receivers.otlp;
-    let bind = |addr: &str, what: &str| {
-        let addr = addr.to_string();
-        let what = what.to_string();
-        async move {
-            TcpListener::bind(&addr)
-                .await
-                .map_err(|e| RunError(format!("{what} cannot listen on {addr}: {e}")))
-        }
-    };
-    let grpc_listener = if otlp.grpc.is_empty() {
-        None
-    } else {
-        Some(bind(&otlp.grpc, "OTLP/gRPC receiver").await?)
-    };
-    let http_listener = if otlp.http.is_empty() {
-        None
-    } else {
-        Some(bind(&otlp.http, "OTLP/HTTP receiver").await?)
-    };
-
-    let ingest = Arc::new(Ingest::new(wal.clone(), dedup.clone(), otlp.retry_after.0));
-    let mut receivers = tokio::task::JoinSet::new();
-    let max_req = otlp.max_request_bytes.0 as usize;
-    let max_dec = otlp.max_decompressed_bytes.0 as usize;
-    if let Some(l) = grpc_listener {
-        tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "OTLP/gRPC receiver listening");
-        let svc = grpc::trace_service(ingest.clone(), max_req, max_dec);
-        receivers.spawn(grpc::serve(l, svc, stop.clone()));
-    }
-    if let Some(l) = http_listener {
-        tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "OTLP/HTTP receiver listening");
-        let app = http::router(ingest.clone(), max_req, max_dec);
-        receivers.spawn(http::serve(l, app, stop.clone()));
-    }
-
-    let dead_letters = DeadLetters::new(&cfg.storage.dir);
-    let workers_stop = CancellationToken::new();
-    let mut workers = tokio::task::JoinSet::new();
-    let mut stats = BTreeMap::new();
+    let mut cursors = Vec::new();
     for d in &cfg.destinations {
         let cursor = wal
             .cursor(&d.name, CursorStart::Oldest)
             .map_err(|e| RunError(format!("cursor of destination {}: {e}", d.name)))?;
+        if !existing.iter().any(|(n, _)| n == &d.name) {
+            ledger.write(&Entry::DestinationAdded {
+                t: now_ms(),
+                destination: d.name.clone(),
+                from_seq: cursor.position() + 1,
+            });
+        }
+        cursors.push(cursor);
+    }
+
+    // Bind before anything is announced, so a busy port fails the start.
+    let otlp = &cfg.receivers.otlp;
+    let grpc_listener = bind(&otlp.grpc, "OTLP/gRPC receiver").await?;
+    let http_listener = bind(&otlp.http, "OTLP/HTTP receiver").await?;
+    let admin_listener = bind(&cfg.admin.listen, "admin listener").await?;
+
+    let ready = Arc::new(Readiness::default());
+    *ready.wal.lock().unwrap() = Some(wal.clone());
+    {
+        let dedup = dedup.clone();
+        *metrics.live.lock().unwrap() = Some(crate::metrics::LiveState {
+            wal: wal.clone(),
+            cursors: cursors.clone(),
+            dedup_keys: Arc::new(move || dedup.keys()),
+        });
+    }
+    let ingest = Arc::new(Ingest::new(
+        wal.clone(),
+        dedup.clone(),
+        otlp.retry_after.0,
+        metrics.clone(),
+        ledger.clone(),
+        ready.clone(),
+    ));
+    let mut receivers = tokio::task::JoinSet::new();
+    let max_req = otlp.max_request_bytes.0 as usize;
+    let max_dec = otlp.max_decompressed_bytes.0 as usize;
+    if let Some(l) = grpc_listener {
+        tracing::info!(address = %local(&l), "OTLP/gRPC receiver listening");
+        let svc = grpc::trace_service(ingest.clone(), max_req, max_dec);
+        receivers.spawn(grpc::serve(l, svc, stop.clone()));
+    }
+    if let Some(l) = http_listener {
+        tracing::info!(address = %local(&l), "OTLP/HTTP receiver listening");
+        let app = http::router(ingest.clone(), max_req, max_dec);
+        receivers.spawn(http::serve(l, app, stop.clone()));
+    }
+    ready.receivers_up.store(true, Ordering::Relaxed);
+    let admin_stop = CancellationToken::new();
+    let admin_task = admin_listener.map(|l| {
+        tracing::info!(address = %local(&l), "admin listener: /metrics /healthz /readyz");
+        tokio::spawn(admin::serve(
+            l,
+            admin::router(metrics.clone(), ready.clone()),
+            admin_stop.clone(),
+        ))
+    });
+
+    let dead_letters = DeadLetters::new(&dir);
+    let workers_stop = CancellationToken::new();
+    let mut workers = tokio::task::JoinSet::new();
+    let mut statuses = Vec::new();
+    for (d, cursor) in cfg.destinations.iter().zip(&cursors) {
         let client =
             Client::new(d).map_err(|e| RunError(format!("destination {}: {e}", d.name)))?;
-        let s = Arc::new(DestinationStats::default());
-        stats.insert(d.name.clone(), s.clone());
+        let status = Arc::new(DestinationStatus::default());
+        statuses.push((d.clone(), cursor.clone(), status.clone()));
         let worker = Worker {
             name: d.name.clone(),
             cfg: d.clone(),
             client,
-            cursor,
+            cursor: cursor.clone(),
             instance_id: instance_id.clone(),
             dead_letters: dead_letters.clone(),
-            stats: s,
+            status,
+            metrics: metrics.clone(),
+            ledger: ledger.clone(),
         };
         workers.spawn(worker.run(workers_stop.clone()));
     }
@@ -140,10 +247,18 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     }
     let maintenance_stop = CancellationToken::new();
     let dedup_task = tokio::spawn(dedup::maintain(dedup.clone(), maintenance_stop.clone()));
+    let ledger_task = tokio::spawn(ledger::maintain(ledger.clone(), maintenance_stop.clone()));
+    let state_task = tokio::spawn(write_state(
+        dir.clone(),
+        instance_id.clone(),
+        wal.clone(),
+        statuses.clone(),
+        maintenance_stop.clone(),
+    ));
     let events_task = tokio::spawn(log_events(events));
     tracing::info!(
         instance_id = %instance_id,
-        data_dir = %cfg.storage.dir.display(),
+        data_dir = %dir.display(),
         spool_bytes = wal.stats().bytes,
         max_bytes = cfg.storage.max_bytes.0,
         next_seq = report.next_seq,
@@ -170,6 +285,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         }
     }
     tracing::info!("shutting down: no new requests; finishing those in flight");
+    ready.receivers_up.store(false, Ordering::Relaxed);
     let grace = cfg.service.shutdown_timeout.0;
     if tokio::time::timeout(grace, async {
         while receivers.join_next().await.is_some() {}
@@ -183,22 +299,26 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     // 3. Replay workers.
     workers_stop.cancel();
     while workers.join_next().await.is_some() {}
-    // 4. Index, cursors, log.
+    // 4. Index, ledger, state, cursors, log.
     maintenance_stop.cancel();
     let _ = dedup_task.await;
+    let _ = ledger_task.await;
+    let _ = state_task.await;
+    admin_stop.cancel();
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
     drop(ingest);
     if let Err(e) = wal.flush() {
         tracing::error!(error = %e, "flushing cursor positions at shutdown");
     }
-    for (name, s) in &stats {
-        tracing::info!(
-            destination = %name,
-            exported_records = s.exported_records.load(std::sync::atomic::Ordering::Relaxed),
-            exported_spans = s.exported_spans.load(std::sync::atomic::Ordering::Relaxed),
-            dead_letters = s.dead_letters.load(std::sync::atomic::Ordering::Relaxed),
-            "destination totals for this run"
-        );
-    }
+    let _ = crate::state::write(&dir, &state_now(&instance_id, &wal, &statuses, false));
+    ledger.write(&Entry::Stopped { t: now_ms() });
+    ledger.checkpoint();
+    *metrics.live.lock().unwrap() = None;
+    *ready.wal.lock().unwrap() = None;
+    drop(cursors);
+    drop(statuses);
     drop(dedup);
     wal.close().await;
     events_task.abort();
@@ -206,6 +326,139 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     match failure {
         None => Ok(()),
         Some(f) => Err(RunError(f)),
+    }
+}
+
+async fn bind(addr: &str, what: &str) -> Result<Option<TcpListener>, RunError> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|e| RunError(format!("{what} cannot listen on {addr}: {e}")))
+}
+
+fn local(l: &TcpListener) -> String {
+    l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+}
+
+/// The loss hook: every eviction and every damaged range goes into the ledger (and
+/// evictions into the metrics) before it takes effect on disk.
+fn loss_hook(ledger: Arc<Ledger>, metrics: Arc<Metrics>) -> EventHook {
+    Arc::new(move |event: &WalEvent| match event {
+        WalEvent::Evicted(e) => {
+            let t = now_ms();
+            if e.per_cursor.is_empty() && e.undelivered_records > 0 {
+                // No destination at all: lost for everyone.
+                ledger.write(&Entry::Dropped {
+                    t,
+                    reason: "drop_oldest".into(),
+                    destination: None,
+                    first_seq: e.first_seq,
+                    last_seq: e.last_seq,
+                    spans: Some(e.undelivered_spans),
+                });
+            }
+            for loss in &e.per_cursor {
+                metrics.dropped("drop_oldest", &loss.cursor, loss.records, loss.spans);
+                for &(first, last) in &loss.ranges {
+                    ledger.write(&Entry::Dropped {
+                        t,
+                        reason: "drop_oldest".into(),
+                        destination: Some(loss.cursor.clone()),
+                        first_seq: first,
+                        last_seq: last,
+                        spans: None,
+                    });
+                }
+            }
+        }
+        WalEvent::Damaged(l) => ledger.write(&Entry::Damaged {
+            t: now_ms(),
+            first_seq: l.first_seq,
+            last_seq: l.last_seq,
+            segment: l.segment,
+            offset: l.offset,
+            spans: l.spans,
+            detail: l.reason.clone(),
+        }),
+    })
+}
+
+fn state_now(
+    instance_id: &str,
+    wal: &Wal,
+    statuses: &[(
+        crate::config::DestinationConfig,
+        Cursor,
+        Arc<DestinationStatus>,
+    )],
+    running: bool,
+) -> State {
+    let stats = wal.stats();
+    State {
+        updated_ms: now_ms(),
+        pid: std::process::id(),
+        instance_id: instance_id.to_string(),
+        running,
+        wal: WalState {
+            bytes: stats.bytes,
+            max_bytes: stats.max_bytes,
+            segments: stats.segments,
+            first_seq: stats.first_seq,
+            last_seq: stats.last_seq,
+            failed: stats.failed.clone(),
+        },
+        destinations: statuses
+            .iter()
+            .map(|(cfg, cursor, status)| {
+                let b = wal.backlog(cursor.position());
+                let last_error = status.last_error.lock().unwrap().clone();
+                let success = status.last_success_ms.load(Ordering::Relaxed);
+                DestinationState {
+                    name: cfg.name.clone(),
+                    endpoint: cfg.endpoint.clone(),
+                    position: cursor.position(),
+                    backlog_records: b.records,
+                    backlog_spans: b.spans,
+                    backlog_bytes: b.bytes,
+                    oldest_undelivered_ms: b.oldest_received_at.map(ms),
+                    last_success_ms: (success > 0).then_some(success),
+                    last_error_ms: last_error.as_ref().map(|e| e.0),
+                    last_error: last_error.map(|e| e.1),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Writes `state.json` every two seconds until `stop`.
+async fn write_state(
+    dir: std::path::PathBuf,
+    instance_id: String,
+    wal: Wal,
+    statuses: Vec<(
+        crate::config::DestinationConfig,
+        Cursor,
+        Arc<DestinationStatus>,
+    )>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let state = state_now(&instance_id, &wal, &statuses, true);
+        let dir = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::state::write(&dir, &state) {
+                tracing::warn!(error = %e, "cannot write state.json");
+            }
+        })
+        .await;
     }
 }
 

@@ -17,6 +17,7 @@
 //!
 //! The write-ahead log itself is the `tracespool-storage` crate in `storage/`.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -25,8 +26,11 @@ pub mod dedup;
 pub mod export;
 pub mod fsio;
 pub mod instance;
+pub mod ledger;
+pub mod metrics;
 pub mod otlp;
 pub mod receiver;
+pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod throttle;

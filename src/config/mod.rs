@@ -31,6 +31,42 @@ pub struct Config {
     pub dedup: DedupConfig,
     pub log: LogConfig,
     pub service: ServiceConfig,
+    pub admin: AdminConfig,
+    pub audit: AuditConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Listen address of /metrics, /healthz and /readyz ("" disables).
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8888".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Upper bound on the audit ledger's files; 0 means 5 % of storage.max_bytes
+    /// (at least 16MiB).
+    pub max_bytes: ByteSize,
+    /// A ledger file is closed and a new one started at this size.
+    pub file_bytes: ByteSize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: ByteSize(0),
+            file_bytes: ByteSize(16 << 20),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -385,6 +421,24 @@ impl Config {
                 }
             }
         }
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
+            return err(format!(
+                "admin.listen: {:?} is not an address like \"127.0.0.1:8888\" (or \"\" to disable)",
+                self.admin.listen
+            ));
+        }
+        if self.audit.file_bytes.0 < 4096 {
+            return err(format!(
+                "audit.file_bytes must be at least 4KiB, got {}",
+                self.audit.file_bytes
+            ));
+        }
+        if self.audit.max_bytes.0 != 0 && self.audit.max_bytes.0 < 2 * self.audit.file_bytes.0 {
+            return err(format!(
+                "audit.max_bytes ({}) must be 0 (automatic) or at least twice audit.file_bytes ({})",
+                self.audit.max_bytes, self.audit.file_bytes
+            ));
+        }
         if self.dedup.max_keys == 0 {
             return err("dedup.max_keys must be at least 1".into());
         }
@@ -395,6 +449,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The audit ledger's size bound.
+    pub fn audit_max_bytes(&self) -> u64 {
+        match self.audit.max_bytes.0 {
+            0 => (self.storage.max_bytes.0 / 20).max(16 << 20),
+            n => n,
+        }
     }
 
     /// The storage settings as the log takes them.

@@ -22,8 +22,8 @@ pub mod client;
 pub mod retry;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -32,20 +32,18 @@ use tracespool_storage::{Cursor, GapCause, ReadItem, Record};
 
 use crate::config::DestinationConfig;
 use crate::deadletter::DeadLetters;
+use crate::ledger::{now_ms, Entry, Ledger};
+use crate::metrics::{DestinationOutcome, Metrics};
 use crate::otlp::CODEC_OTLP_TRACES_PROTOBUF;
 use crate::throttle::Throttle;
 use client::{Client, Sent};
 use retry::Backoff;
 
-/// Totals of one destination, for logs and tests.
+/// The last success and the last failure of a destination (for `status`).
 #[derive(Debug, Default)]
-pub struct DestinationStats {
-    pub exported_records: AtomicU64,
-    pub exported_spans: AtomicU64,
-    pub rejected_spans: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub retries: AtomicU64,
-    pub egress_bytes: AtomicU64,
+pub struct DestinationStatus {
+    pub last_success_ms: AtomicU64,
+    pub last_error: Mutex<Option<(u64, String)>>,
 }
 
 pub struct Worker {
@@ -55,7 +53,9 @@ pub struct Worker {
     pub cursor: Cursor,
     pub instance_id: String,
     pub dead_letters: DeadLetters,
-    pub stats: Arc<DestinationStats>,
+    pub status: Arc<DestinationStatus>,
+    pub metrics: Arc<Metrics>,
+    pub ledger: Arc<Ledger>,
 }
 
 /// Transient failures are logged at most this often per destination (each auth
@@ -99,21 +99,34 @@ impl Worker {
                 }
                 Ok(ReadItem::Gap(gap)) => {
                     match &gap.cause {
+                        // Evictions are counted and written to the ledger when
+                        // they happen (see app.rs).
                         GapCause::NotRetained => tracing::debug!(
                             destination = %this.name,
                             first_seq = gap.first_seq,
                             last_seq = gap.last_seq,
                             "skipping records no longer on disk"
                         ),
-                        GapCause::Damaged(lost) => tracing::error!(
-                            destination = %this.name,
-                            first_seq = gap.first_seq,
-                            last_seq = gap.last_seq,
-                            segment = lost.segment,
-                            offset = lost.offset,
-                            reason = %lost.reason,
-                            "skipping damaged records"
-                        ),
+                        GapCause::Damaged(lost) => {
+                            let records = gap.last_seq - gap.first_seq + 1;
+                            // Span counts are known when the damaged records' headers
+                            // were intact and this reader skips the whole range.
+                            let spans = lost
+                                .spans
+                                .filter(|_| records == lost.records())
+                                .unwrap_or(0);
+                            this.metrics
+                                .dropped("corruption", &this.name, records, spans);
+                            tracing::error!(
+                                destination = %this.name,
+                                first_seq = gap.first_seq,
+                                last_seq = gap.last_seq,
+                                segment = lost.segment,
+                                offset = lost.offset,
+                                reason = %lost.reason,
+                                "skipping damaged records"
+                            );
+                        }
                     }
                     this.ack(gap.first_seq, gap.last_seq);
                     drop(permit);
@@ -140,23 +153,49 @@ impl Worker {
         }
     }
 
-    /// Acknowledges a record that reached its end (delivered or dead-lettered). If
-    /// `drop_oldest` evicted it meanwhile, it was counted as dropped for this
-    /// destination; say that it was not.
+    /// Acknowledges a record that reached its end (delivered or dead-lettered); its
+    /// ledger entry is already written. If `drop_oldest` evicted it meanwhile, it was
+    /// counted as dropped for this destination: say that it was not.
     fn done(&self, record: &Record, how: &str) {
         match self.cursor.ack(record.seq) {
-            Ok(ack) if ack.after_eviction => tracing::info!(
-                destination = %self.name,
-                seq = record.seq,
-                spans = record.span_count,
-                outcome = how,
-                "evicted record was not dropped after all: it was in flight and completed"
-            ),
+            Ok(ack) if ack.after_eviction => {
+                self.metrics
+                    .spans_delivered_after_eviction
+                    .get_or_create(&self.metrics.dest(&self.name))
+                    .inc_by(record.span_count as u64);
+                tracing::info!(
+                    destination = %self.name,
+                    seq = record.seq,
+                    spans = record.span_count,
+                    outcome = how,
+                    "evicted record was not dropped after all: it was in flight and completed"
+                )
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::error!(destination = %self.name, seq = record.seq, error = %e, "cursor ack failed")
             }
         }
+    }
+
+    fn count_attempt(&self, outcome: &'static str, took: Duration, wire: u64) {
+        let dest = self.metrics.dest(&self.name);
+        self.metrics
+            .export_requests
+            .get_or_create(&DestinationOutcome {
+                destination: self.name.clone(),
+                outcome,
+            })
+            .inc();
+        self.metrics
+            .export_duration
+            .get_or_create(&dest)
+            .observe(took.as_secs_f64());
+        self.metrics.egress_bytes.get_or_create(&dest).inc_by(wire);
+    }
+
+    fn failed(&self, reason: &str) {
+        *self.status.last_error.lock().unwrap() = Some((now_ms(), reason.to_string()));
     }
 
     async fn deliver(&self, record: Record, stop: &CancellationToken, throttle: &Throttle) {
@@ -177,18 +216,25 @@ impl Worker {
         );
         loop {
             let attempt = backoff.attempts() + 1;
+            let started = Instant::now();
             let (sent, wire) = self.client.send(record.payload.clone(), &key).await;
-            self.stats.egress_bytes.fetch_add(wire, Ordering::Relaxed);
+            let took = started.elapsed();
             let wait = match sent {
                 Sent::Ok { rejected, message } => {
-                    self.stats.exported_records.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .exported_spans
-                        .fetch_add(record.span_count as u64, Ordering::Relaxed);
+                    self.count_attempt("success", took, wire);
+                    let dest = self.metrics.dest(&self.name);
+                    self.metrics
+                        .spans_delivered
+                        .get_or_create(&dest)
+                        .inc_by(record.span_count as u64);
+                    self.status
+                        .last_success_ms
+                        .store(now_ms(), Ordering::Relaxed);
                     if rejected > 0 || !message.is_empty() {
-                        self.stats
-                            .rejected_spans
-                            .fetch_add(rejected.max(0) as u64, Ordering::Relaxed);
+                        self.metrics
+                            .spans_rejected_by_backend
+                            .get_or_create(&dest)
+                            .inc_by(rejected.max(0) as u64);
                         tracing::warn!(
                             destination = %self.name,
                             seq,
@@ -198,14 +244,28 @@ impl Worker {
                         );
                     }
                     tracing::debug!(destination = %self.name, seq, spans = record.span_count, attempts = attempt, "exported");
+                    // The ledger hears of it before the cursor moves past it.
+                    self.ledger.write(&Entry::Delivered {
+                        t: now_ms(),
+                        destination: self.name.clone(),
+                        first_seq: seq,
+                        last_seq: seq,
+                        spans: record.span_count as u64,
+                        attempts: attempt,
+                        by: None,
+                    });
                     self.done(&record, "delivered");
                     return;
                 }
                 Sent::Permanent { reason } => {
+                    self.count_attempt("permanent", took, wire);
+                    self.failed(&reason);
                     self.dead_letter(&record, &key, attempt, &reason);
                     return;
                 }
                 Sent::Auth { reason } => {
+                    self.count_attempt("auth", took, wire);
+                    self.failed(&reason);
                     let wait = backoff.next(None);
                     tracing::error!(
                         destination = %self.name,
@@ -221,6 +281,8 @@ impl Worker {
                     reason,
                     retry_after,
                 } => {
+                    self.count_attempt("retryable", took, wire);
+                    self.failed(&reason);
                     let wait = backoff.next(retry_after);
                     if throttle.allow() {
                         tracing::warn!(
@@ -237,7 +299,6 @@ impl Worker {
                     wait
                 }
             };
-            self.stats.retries.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.cancelled() => return,
@@ -249,6 +310,10 @@ impl Worker {
                 self.ack(seq, seq);
                 return;
             }
+            self.metrics
+                .export_retries
+                .get_or_create(&self.metrics.dest(&self.name))
+                .inc();
         }
     }
 
@@ -258,7 +323,12 @@ impl Worker {
             .store(&self.name, record, key, attempts, reason)
         {
             Ok(_) => {
-                self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .dead_letters
+                    .get_or_create(&self.metrics.dest(&self.name))
+                    .inc();
+                self.metrics
+                    .dropped("dead_letter", &self.name, 1, record.span_count as u64);
                 tracing::error!(
                     destination = %self.name,
                     seq = record.seq,
@@ -267,6 +337,14 @@ impl Worker {
                     reason = %reason,
                     "destination refused the batch permanently; kept as a dead letter"
                 );
+                self.ledger.write(&Entry::DeadLettered {
+                    t: now_ms(),
+                    destination: self.name.clone(),
+                    seq: record.seq,
+                    spans: record.span_count,
+                    attempts,
+                    status: reason.to_string(),
+                });
                 self.done(record, "dead_letter");
             }
             Err(e) => {

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Accepted, Batch, Ingest, Rejection, Source};
+use std::time::Instant;
+
+use super::{Accepted, Batch, Ingest, Rejection, RequestInfo, Source};
 use crate::otlp::codec::{ExportFuture, ExportHandler, ExportService};
 use crate::otlp::wire::inspect_trace_request;
 
@@ -42,8 +44,9 @@ impl ExportHandler for Receive {
         let ingest = self.ingest.clone();
         let max_encoded = self.max_encoded;
         Box::pin(async move {
+            let started = Instant::now();
             let peer = request.remote_addr();
-            let key = request
+            let raw_key = request
                 .metadata()
                 .get("idempotency-key")
                 .map(|v| v.as_bytes().to_vec());
@@ -52,6 +55,9 @@ impl ExportHandler for Receive {
                 .get("grpc-encoding")
                 .is_some_and(|v| v.as_bytes() != b"identity");
             let body = request.into_inner();
+            let bytes = body.len() as u64;
+            let mut spans = 0;
+            let mut key = None;
             let result = async {
                 // Uncompressed requests are bounded by the wire limit; compressed
                 // ones by the decompressed limit tonic enforced while inflating.
@@ -61,19 +67,30 @@ impl ExportHandler for Receive {
                         body.len()
                     )));
                 }
-                let key = Ingest::check_key(key.as_deref().unwrap_or_default())?;
-                let summary = inspect_trace_request(&body).map_err(|e| Rejection::Invalid(e.to_string()))?;
+                key = Ingest::check_key(raw_key.as_deref().unwrap_or_default())?;
+                spans = inspect_trace_request(&body)
+                    .map_err(|e| Rejection::Invalid(e.to_string()))?
+                    .spans;
                 ingest
                     .store(Batch {
                         protobuf: body,
-                        spans: summary.spans,
-                        key,
+                        spans,
+                        key: key.clone(),
                         source: Source::Grpc,
                         peer,
+                        started,
                     })
                     .await
             }
             .await;
+            let info = RequestInfo {
+                source: Source::Grpc,
+                peer,
+                spans,
+                bytes,
+                key: key.as_ref(),
+            };
+            ingest.outcome(info, &result);
             match result {
                 // An empty ExportTraceServiceResponse: everything accepted.
                 Ok(Accepted::Stored { .. } | Accepted::Duplicate { .. }) => {

@@ -20,7 +20,9 @@ use http_body_util::{BodyExt, Limited};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Batch, Ingest, Rejection, Source};
+use std::time::Instant;
+
+use super::{Accepted, Batch, Ingest, Rejection, RequestInfo, Source};
 use crate::otlp::json::json_to_protobuf;
 use crate::otlp::wire::inspect_trace_request;
 
@@ -68,19 +70,50 @@ enum Encoding {
     Json,
 }
 
+/// What the handler learned of a request, for metrics and the ledger.
+struct Seen {
+    source: Source,
+    spans: u32,
+    bytes: u64,
+    key: Option<Bytes>,
+}
+
 async fn export(
     State(st): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // Errors before the content type is known answer in protobuf.
-    let encoding = match content_type(&headers) {
-        Ok(e) => e,
-        Err(r) => return reject(r, Encoding::Protobuf, peer),
+    let started = Instant::now();
+    let mut seen = Seen {
+        source: Source::HttpProtobuf,
+        spans: 0,
+        bytes: 0,
+        key: None,
     };
-    match handle(&st, peer, &headers, body, encoding).await {
-        Ok(()) => {
+    // Errors before the content type is known answer in protobuf.
+    let (encoding, result) = match content_type(&headers) {
+        Ok(e) => {
+            if e == Encoding::Json {
+                seen.source = Source::HttpJson;
+            }
+            (
+                e,
+                handle(&st, peer, &headers, body, e, started, &mut seen).await,
+            )
+        }
+        Err(r) => (Encoding::Protobuf, Err(r)),
+    };
+    let info = RequestInfo {
+        source: seen.source,
+        peer: Some(peer),
+        spans: seen.spans,
+        bytes: seen.bytes,
+        key: seen.key.as_ref(),
+    };
+    st.ingest.outcome(info, &result);
+    match result {
+        Ok(_) => {
             let (ct, body): (&'static str, &'static [u8]) = match encoding {
                 // An empty ExportTraceServiceResponse.
                 Encoding::Protobuf => ("application/x-protobuf", b""),
@@ -142,7 +175,9 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
     encoding: Encoding,
-) -> Result<(), Rejection> {
+    started: Instant,
+    seen: &mut Seen,
+) -> Result<Accepted, Rejection> {
     let gzip = match headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
@@ -162,6 +197,7 @@ async fn handle(
             .map(|v| v.as_bytes())
             .unwrap_or_default(),
     )?;
+    seen.key = key.clone();
     let too_large = |n: String| {
         Rejection::TooLarge(format!(
             "request body of {n} bytes exceeds receivers.otlp.max_request_bytes ({})",
@@ -190,6 +226,7 @@ async fn handle(
             }
         })?
         .to_bytes();
+    seen.bytes = raw.len() as u64;
     let body = if gzip {
         let limit = st.max_decompressed_bytes;
         if raw.len() > 256 * 1024 {
@@ -213,6 +250,7 @@ async fn handle(
             (Bytes::from(pb), summary.spans, Source::HttpJson)
         }
     };
+    seen.spans = spans;
     st.ingest
         .store(Batch {
             protobuf,
@@ -220,9 +258,9 @@ async fn handle(
             key,
             source,
             peer: Some(peer),
+            started,
         })
         .await
-        .map(|_| ())
 }
 
 /// Inflates a gzip body, refusing to produce more than `limit` bytes.

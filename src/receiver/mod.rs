@@ -7,12 +7,15 @@ pub mod http;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tracespool_storage::{AppendError, NewRecord, Wal, MAX_KEY_LEN};
 
+use crate::admin::Readiness;
 use crate::dedup::{Begin, Dedup};
+use crate::ledger::{ms, now_ms, Entry, Ledger};
+use crate::metrics::{Metrics, ProtocolLabel};
 use crate::otlp::CODEC_OTLP_TRACES_PROTOBUF;
 pub use crate::status::Rejection;
 use crate::throttle::Throttle;
@@ -44,6 +47,8 @@ pub struct Batch {
     pub key: Option<Bytes>,
     pub source: Source,
     pub peer: Option<SocketAddr>,
+    /// When the request started arriving (for the ack-latency histogram).
+    pub started: Instant,
 }
 
 /// A request answered with success.
@@ -61,15 +66,86 @@ pub struct Ingest {
     retry_after: Duration,
     /// "Spool full" is logged at most once a second.
     full_warning: Throttle,
+    metrics: Arc<Metrics>,
+    ledger: Arc<Ledger>,
+    ready: Arc<Readiness>,
+}
+
+/// What a receiver knows of a request, for metrics and the ledger.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestInfo<'a> {
+    pub source: Source,
+    pub peer: Option<SocketAddr>,
+    /// Spans, when the request was valid enough to count them.
+    pub spans: u32,
+    pub bytes: u64,
+    pub key: Option<&'a Bytes>,
 }
 
 impl Ingest {
-    pub fn new(wal: Wal, dedup: Arc<Dedup>, retry_after: Duration) -> Self {
+    pub fn new(
+        wal: Wal,
+        dedup: Arc<Dedup>,
+        retry_after: Duration,
+        metrics: Arc<Metrics>,
+        ledger: Arc<Ledger>,
+        ready: Arc<Readiness>,
+    ) -> Self {
         Self {
             wal,
             dedup,
             retry_after,
             full_warning: Throttle::new(Duration::from_secs(1)),
+            metrics,
+            ledger,
+            ready,
+        }
+    }
+
+    /// Counts a request's outcome and writes refusals and duplicates to the ledger
+    /// (stored batches are written where they are stored).
+    pub fn outcome(&self, req: RequestInfo<'_>, result: &Result<Accepted, Rejection>) {
+        let protocol = req.source.as_str();
+        let kind = match result {
+            Ok(Accepted::Stored { .. }) => "accepted",
+            Ok(Accepted::Duplicate { .. }) => "duplicate",
+            Err(r) => r.kind(),
+        };
+        self.metrics.received(protocol, kind);
+        if req.spans > 0 {
+            self.metrics
+                .spans_received
+                .get_or_create(&ProtocolLabel { protocol })
+                .inc_by(req.spans as u64);
+        }
+        let client = req.peer.map(|p| p.to_string());
+        match result {
+            Ok(Accepted::Stored { .. }) => {}
+            Ok(Accepted::Duplicate { seq }) => self.ledger.write(&Entry::Deduplicated {
+                t: now_ms(),
+                seq: *seq,
+                key: req
+                    .key
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default(),
+                spans: req.spans,
+                client,
+                protocol: protocol.into(),
+            }),
+            Err(r) => {
+                if matches!(r, Rejection::Full { .. }) {
+                    self.ready.spool_full();
+                }
+                self.ledger.write(&Entry::Rejected {
+                    t: now_ms(),
+                    reason: r.kind().into(),
+                    spans: req.spans,
+                    bytes: req.bytes,
+                    client,
+                    protocol: protocol.into(),
+                    detail: r.message(),
+                });
+            }
         }
     }
 
@@ -114,12 +190,34 @@ impl Ingest {
         };
         let wal = self.wal.clone();
         let dedup = self.dedup.clone();
+        let ledger = self.ledger.clone();
+        let metrics = self.metrics.clone();
         let key = batch.key;
+        let (spans, bytes) = (batch.spans, record.payload.len() as u64);
+        let (protocol, client) = (batch.source.as_str(), batch.peer.map(|p| p.to_string()));
+        let started = batch.started;
         // The append and its bookkeeping run to completion even if the client goes
-        // away meanwhile: a stored record always has its key indexed.
+        // away meanwhile: a stored record always has its ledger entry and its key
+        // indexed, before the client hears of it.
         let task = tokio::spawn(async move {
             let result = wal.append(record).await;
             if let Ok(a) = &result {
+                metrics
+                    .append_duration
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.spans_persisted.inc_by(spans as u64);
+                ledger.write(&Entry::Accepted {
+                    t: ms(received_at),
+                    seq: a.seq,
+                    key: key
+                        .as_ref()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    spans,
+                    bytes,
+                    client,
+                    protocol: protocol.into(),
+                    recovered: false,
+                });
                 if let Some(key) = &key {
                     dedup.record(key, a.seq, received_at);
                 }

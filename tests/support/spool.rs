@@ -46,6 +46,7 @@ pub struct Spool {
     pub data: PathBuf,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    pub admin: SocketAddr,
     pub config: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -58,11 +59,12 @@ pub fn config(
     data: &Path,
     grpc: SocketAddr,
     http: SocketAddr,
+    admin: SocketAddr,
     storage: &str,
     dests: &[Dest],
 ) -> String {
     let mut s = format!(
-        "[storage]\ndir = {:?}\n{storage}\n\n[receivers.otlp]\ngrpc = \"{grpc}\"\nhttp = \"{http}\"\nretry_after = \"1s\"\n\n[service]\nshutdown_timeout = \"3s\"\n",
+        "[storage]\ndir = {:?}\n{storage}\n\n[receivers.otlp]\ngrpc = \"{grpc}\"\nhttp = \"{http}\"\nretry_after = \"1s\"\n\n[admin]\nlisten = \"{admin}\"\n\n[service]\nshutdown_timeout = \"3s\"\n",
         data.display().to_string()
     );
     for d in dests {
@@ -79,14 +81,16 @@ impl Spool {
     pub fn new(root: &Path, storage: &str, dests: &[Dest]) -> Self {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let data = root.join("data");
         let cfg = root.join("tracespool.toml");
-        fs::write(&cfg, config(&data, grpc, http, storage, dests)).unwrap();
+        fs::write(&cfg, config(&data, grpc, http, admin, storage, dests)).unwrap();
         Self {
             root: root.to_path_buf(),
             data,
             grpc,
             http,
+            admin,
             config: cfg,
             log: root.join("tracespool.log"),
             child: None,
@@ -202,6 +206,17 @@ impl Spool {
         let _ = writeln!(f, "{{\"test_note\":{text:?}}}");
     }
 
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        get(&format!("http://{}/metrics", self.admin)).await.1
+    }
+
+    /// The value of one series of `/metrics` (name with labels as written, e.g.
+    /// `tracespool_spans_delivered_total{destination="b"}`), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
     pub fn grpc_endpoint(&self) -> String {
         format!("http://{}", self.grpc)
     }
@@ -256,4 +271,31 @@ pub fn write(path: &Path, text: &str) {
         .unwrap()
         .write_all(text.as_bytes())
         .unwrap();
+}
+
+/// GET a URL; returns the status and the body.
+pub async fn get(url: &str) -> (u16, String) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let resp = client
+        .request(http::Request::get(url).body(Default::default()).unwrap())
+        .await
+        .expect("GET");
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of `series` in a Prometheus text exposition, 0 if absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
 }

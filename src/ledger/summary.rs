@@ -1,0 +1,455 @@
+//! Reconciliation from the ledger: for a window of acceptance times and each
+//! destination, every accepted batch is in exactly one of delivered, dropped (by
+//! reason), dead-lettered or pending. The table balances by construction; what
+//! `audit summary` checks is that nothing pending is unaccounted for — gone from the
+//! log, or behind the destination's cursor, without an entry saying why.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use super::Entry;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Count {
+    pub records: u64,
+    pub spans: u64,
+}
+
+impl Count {
+    fn add(&mut self, spans: u64) {
+        self.records += 1;
+        self.spans += spans;
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DestinationSummary {
+    pub destination: String,
+    pub accepted: Count,
+    pub delivered: Count,
+    /// By reason: drop_oldest, corruption, ...
+    pub dropped: BTreeMap<String, Count>,
+    pub dead_lettered: Count,
+    pub pending: Count,
+    /// Pending records no longer in the log, with no entry saying why.
+    pub pending_not_in_log: u64,
+    /// Pending records the destination's cursor has passed, with no entry saying why.
+    pub pending_behind_cursor: u64,
+}
+
+impl DestinationSummary {
+    pub fn dropped_total(&self) -> Count {
+        self.dropped.values().fold(Count::default(), |a, c| Count {
+            records: a.records + c.records,
+            spans: a.spans + c.spans,
+        })
+    }
+
+    /// accepted = delivered + dropped + dead-lettered + pending, and nothing pending
+    /// is unaccounted for.
+    pub fn balances(&self) -> bool {
+        let d = self.dropped_total();
+        self.accepted.records
+            == self.delivered.records
+                + d.records
+                + self.dead_lettered.records
+                + self.pending.records
+            && self.accepted.spans
+                == self.delivered.spans + d.spans + self.dead_lettered.spans + self.pending.spans
+            && self.pending_not_in_log == 0
+            && self.pending_behind_cursor == 0
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Time of the oldest ledger entry (ms since the epoch): history starts there.
+    pub ledger_since_ms: Option<u64>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    pub accepted: Count,
+    pub deduplicated: Count,
+    /// Refused requests, by reason.
+    pub rejected: BTreeMap<String, Count>,
+    pub destinations: Vec<DestinationSummary>,
+    pub balanced: bool,
+}
+
+/// What the log itself says, to check pending records against.
+#[derive(Clone, Debug, Default)]
+pub struct LogView {
+    /// The oldest seq still on disk (records below are gone).
+    pub first_retained_seq: u64,
+    /// Cursor positions by destination, if known.
+    pub cursors: HashMap<String, u64>,
+}
+
+/// Ranges with a payload, made disjoint by [`Ranges::finish`] (where ranges
+/// overlap, the earlier-starting one's payload covers the overlap); point queries
+/// by binary search.
+#[derive(Default)]
+struct Ranges<T: Clone>(Vec<(u64, u64, T)>);
+
+impl<T: Clone> Ranges<T> {
+    fn push(&mut self, a: u64, b: u64, v: T) {
+        self.0.push((a, b, v));
+    }
+    fn finish(&mut self) {
+        self.0.sort_by_key(|r| r.0);
+        let mut out: Vec<(u64, u64, T)> = Vec::with_capacity(self.0.len());
+        for (a, b, v) in self.0.drain(..) {
+            match out.last().map(|l| l.1) {
+                Some(end) if a <= end => {
+                    if b > end {
+                        out.push((end + 1, b, v));
+                    }
+                }
+                _ => out.push((a, b, v)),
+            }
+        }
+        self.0 = out;
+    }
+    fn find(&self, seq: u64) -> Option<&T> {
+        let i = self.0.partition_point(|r| r.0 <= seq);
+        self.0[..i].last().filter(|r| r.1 >= seq).map(|r| &r.2)
+    }
+}
+
+pub fn summarize(
+    entries: &[Entry],
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    only: Option<&str>,
+    log: Option<&LogView>,
+) -> Summary {
+    let in_window = |t: u64| since_ms.is_none_or(|s| t >= s) && until_ms.is_none_or(|u| t < u);
+    let mut s = Summary {
+        since_ms,
+        until_ms,
+        ledger_since_ms: entries.iter().map(entry_time).min(),
+        ..Default::default()
+    };
+    let mut accepted: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut delivered: HashMap<String, Ranges<()>> = HashMap::new();
+    let mut dead: HashMap<String, BTreeSet<u64>> = HashMap::new();
+    let mut dropped: HashMap<String, Ranges<String>> = HashMap::new();
+    let mut dropped_all: Ranges<String> = Ranges::default();
+    let mut from_seq: HashMap<String, u64> = HashMap::new();
+    let mut destinations: BTreeSet<String> = BTreeSet::new();
+    for e in entries {
+        match e {
+            Entry::Accepted { t, seq, spans, .. } if in_window(*t) => {
+                accepted.entry(*seq).or_insert(*spans as u64);
+            }
+            Entry::Deduplicated { t, spans, .. } if in_window(*t) => {
+                s.deduplicated.add(*spans as u64)
+            }
+            Entry::Rejected {
+                t, reason, spans, ..
+            } if in_window(*t) => s
+                .rejected
+                .entry(reason.clone())
+                .or_default()
+                .add(*spans as u64),
+            Entry::Delivered {
+                destination,
+                first_seq,
+                last_seq,
+                ..
+            } => {
+                destinations.insert(destination.clone());
+                delivered
+                    .entry(destination.clone())
+                    .or_default()
+                    .push(*first_seq, *last_seq, ());
+            }
+            Entry::DeadLettered {
+                destination, seq, ..
+            } => {
+                destinations.insert(destination.clone());
+                dead.entry(destination.clone()).or_default().insert(*seq);
+            }
+            Entry::Dropped {
+                reason,
+                destination,
+                first_seq,
+                last_seq,
+                ..
+            } => match destination {
+                Some(d) => {
+                    destinations.insert(d.clone());
+                    dropped.entry(d.clone()).or_default().push(
+                        *first_seq,
+                        *last_seq,
+                        reason.clone(),
+                    );
+                }
+                None => dropped_all.push(*first_seq, *last_seq, reason.clone()),
+            },
+            Entry::Damaged {
+                first_seq,
+                last_seq,
+                ..
+            } => dropped_all.push(*first_seq, *last_seq, "corruption".into()),
+            Entry::DestinationAdded {
+                destination,
+                from_seq: f,
+                ..
+            } => {
+                destinations.insert(destination.clone());
+                from_seq.entry(destination.clone()).or_insert(*f);
+            }
+            _ => {}
+        }
+    }
+    if let Some(log) = log {
+        destinations.extend(log.cursors.keys().cloned());
+    }
+    for r in delivered.values_mut() {
+        r.finish();
+    }
+    for r in dropped.values_mut() {
+        r.finish();
+    }
+    dropped_all.finish();
+    for spans in accepted.values() {
+        s.accepted.add(*spans);
+    }
+    for name in destinations {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let mut d = DestinationSummary {
+            destination: name.clone(),
+            ..Default::default()
+        };
+        let start = from_seq.get(&name).copied().unwrap_or(0);
+        let empty = Ranges::default();
+        let del = delivered.get(&name).unwrap_or(&empty);
+        let dead_set = dead.get(&name);
+        let emptys = Ranges::default();
+        let drop = dropped.get(&name).unwrap_or(&emptys);
+        let cursor = log.and_then(|l| l.cursors.get(&name).copied());
+        for (&seq, &spans) in accepted.range(start..) {
+            d.accepted.add(spans);
+            if del.find(seq).is_some() {
+                d.delivered.add(spans);
+            } else if dead_set.is_some_and(|x| x.contains(&seq)) {
+                d.dead_lettered.add(spans);
+            } else if let Some(reason) = drop.find(seq).or_else(|| dropped_all.find(seq)) {
+                d.dropped.entry(reason.clone()).or_default().add(spans);
+            } else {
+                d.pending.add(spans);
+                if let Some(l) = log {
+                    if seq < l.first_retained_seq {
+                        d.pending_not_in_log += 1;
+                    } else if cursor.is_some_and(|c| seq <= c) {
+                        d.pending_behind_cursor += 1;
+                    }
+                }
+            }
+        }
+        s.destinations.push(d);
+    }
+    s.balanced = s.destinations.iter().all(|d| d.balances());
+    s
+}
+
+fn entry_time(e: &Entry) -> u64 {
+    match e {
+        Entry::Accepted { t, .. }
+        | Entry::Deduplicated { t, .. }
+        | Entry::Rejected { t, .. }
+        | Entry::Delivered { t, .. }
+        | Entry::DeadLettered { t, .. }
+        | Entry::Dropped { t, .. }
+        | Entry::Damaged { t, .. }
+        | Entry::Quarantined { t, .. }
+        | Entry::DestinationAdded { t, .. }
+        | Entry::DestinationRemoved { t, .. }
+        | Entry::Checkpoint { t, .. }
+        | Entry::Started { t, .. }
+        | Entry::Stopped { t } => *t,
+    }
+}
+
+/// Every entry that concerns `seq`, in ledger order.
+pub fn history(entries: &[Entry], seq: u64) -> Vec<Entry> {
+    entries
+        .iter()
+        .filter(|e| match e {
+            Entry::Accepted { seq: s, .. }
+            | Entry::Deduplicated { seq: s, .. }
+            | Entry::DeadLettered { seq: s, .. } => *s == seq,
+            Entry::Delivered {
+                first_seq,
+                last_seq,
+                ..
+            }
+            | Entry::Dropped {
+                first_seq,
+                last_seq,
+                ..
+            }
+            | Entry::Damaged {
+                first_seq,
+                last_seq,
+                ..
+            } => (*first_seq..=*last_seq).contains(&seq),
+            _ => false,
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acc(seq: u64, t: u64, spans: u32) -> Entry {
+        Entry::Accepted {
+            t,
+            seq,
+            key: None,
+            spans,
+            bytes: 10,
+            client: None,
+            protocol: "grpc".into(),
+            recovered: false,
+        }
+    }
+
+    #[test]
+    fn every_accepted_batch_lands_in_exactly_one_bucket() {
+        let mut e: Vec<Entry> = (1..=10).map(|s| acc(s, 100 + s, 2)).collect();
+        e.push(Entry::DestinationAdded {
+            t: 0,
+            destination: "a".into(),
+            from_seq: 1,
+        });
+        e.push(Entry::Delivered {
+            t: 1,
+            destination: "a".into(),
+            first_seq: 1,
+            last_seq: 4,
+            spans: 8,
+            attempts: 1,
+            by: None,
+        });
+        e.push(Entry::DeadLettered {
+            t: 1,
+            destination: "a".into(),
+            seq: 5,
+            spans: 2,
+            attempts: 1,
+            status: "x".into(),
+        });
+        e.push(Entry::Dropped {
+            t: 1,
+            reason: "drop_oldest".into(),
+            destination: Some("a".into()),
+            first_seq: 6,
+            last_seq: 7,
+            spans: Some(4),
+        });
+        e.push(Entry::Damaged {
+            t: 1,
+            first_seq: 8,
+            last_seq: 8,
+            segment: 1,
+            offset: 0,
+            spans: None,
+            detail: "x".into(),
+        });
+        // Delivered after being counted as dropped: delivered wins.
+        e.push(Entry::Delivered {
+            t: 2,
+            destination: "a".into(),
+            first_seq: 7,
+            last_seq: 7,
+            spans: 2,
+            attempts: 3,
+            by: None,
+        });
+        let log = LogView {
+            first_retained_seq: 9,
+            cursors: HashMap::from([("a".into(), 8)]),
+        };
+        let s = summarize(&e, None, None, None, Some(&log));
+        let a = &s.destinations[0];
+        assert_eq!(
+            a.accepted,
+            Count {
+                records: 10,
+                spans: 20
+            }
+        );
+        assert_eq!(
+            a.delivered,
+            Count {
+                records: 5,
+                spans: 10
+            }
+        );
+        assert_eq!(
+            a.dead_lettered,
+            Count {
+                records: 1,
+                spans: 2
+            }
+        );
+        assert_eq!(
+            a.dropped["drop_oldest"],
+            Count {
+                records: 1,
+                spans: 2
+            }
+        );
+        assert_eq!(
+            a.dropped["corruption"],
+            Count {
+                records: 1,
+                spans: 2
+            }
+        );
+        assert_eq!(
+            a.pending,
+            Count {
+                records: 2,
+                spans: 4
+            }
+        );
+        assert!(a.balances() && s.balanced);
+        // A window: only batches accepted in it.
+        let w = summarize(&e, Some(104), Some(107), None, Some(&log));
+        assert_eq!(w.destinations[0].accepted.records, 3);
+        assert_eq!(w.destinations[0].delivered.records, 1);
+    }
+
+    #[test]
+    fn pending_batches_gone_from_the_log_or_behind_the_cursor_do_not_balance() {
+        let e: Vec<Entry> = (1..=4)
+            .map(|s| acc(s, 1, 1))
+            .chain([Entry::DestinationAdded {
+                t: 0,
+                destination: "a".into(),
+                from_seq: 1,
+            }])
+            .collect();
+        let gone = LogView {
+            first_retained_seq: 3,
+            cursors: HashMap::new(),
+        };
+        let s = summarize(&e, None, None, None, Some(&gone));
+        assert_eq!(s.destinations[0].pending_not_in_log, 2);
+        assert!(!s.balanced);
+        let behind = LogView {
+            first_retained_seq: 1,
+            cursors: HashMap::from([("a".into(), 3)]),
+        };
+        let s = summarize(&e, None, None, None, Some(&behind));
+        assert_eq!(s.destinations[0].pending_behind_cursor, 3);
+        assert!(!s.balanced);
+    }
+}
