@@ -133,6 +133,21 @@ impl DeadLetters {
         Ok(out)
     }
 
+    /// Removes a dead letter (after it was delivered): its `.json` first, so it is
+    /// never listed without its payload.
+    pub fn remove(&self, letter: &DeadLetter) -> io::Result<()> {
+        let dir = self.dir(&letter.destination);
+        let stem = format!("{:020}", letter.seq);
+        for ext in ["json", "pb"] {
+            match fs::remove_file(dir.join(format!("{stem}.{ext}"))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        fs::File::open(&dir)?.sync_all()
+    }
+
     /// The payload of a dead letter.
     pub fn payload(&self, letter: &DeadLetter) -> io::Result<Vec<u8>> {
         fs::read(
@@ -169,5 +184,11 @@ mod tests {
         assert_eq!(listed, vec![l.clone()]);
         assert_eq!(dl.list(None).unwrap(), vec![l.clone()]);
         assert_eq!(dl.payload(&l).unwrap(), b"\x0a\x00");
+        dl.remove(&l).unwrap();
+        assert!(dl.list(None).unwrap().is_empty());
+        assert!(std::fs::read_dir(dir.path().join("dead-letter/backend"))
+            .unwrap()
+            .next()
+            .is_none());
     }
 }

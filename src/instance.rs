@@ -40,6 +40,23 @@ pub fn load_or_create(dir: &Path) -> io::Result<String> {
     }
 }
 
+/// Reads `<dir>/instance-id` without creating it (for the tools).
+pub fn read(dir: &Path) -> io::Result<Option<String>> {
+    match fs::read_to_string(dir.join(FILE)) {
+        Ok(s) if valid(s.trim()) => Ok(Some(s.trim().to_string())),
+        Ok(s) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}/{FILE} holds {:?}, not an instance id",
+                dir.display(),
+                s.trim()
+            ),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn valid(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }

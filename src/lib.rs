@@ -13,6 +13,10 @@
 //! | [`export`]   | replay workers, OTLP clients, retry with backoff                     |
 //! | [`deadletter`] | records refused permanently, kept on disk                          |
 //! | [`instance`] | the instance id used in export idempotency keys                      |
+//! | [`metrics`]  | Prometheus metrics; [`admin`]: /metrics, /healthz, /readyz           |
+//! | [`ledger`]   | the audit ledger and its reconciliation                              |
+//! | [`state`]    | state.json: what a running forwarder publishes for the tools         |
+//! | [`tools`]    | `status`, `wal`, `audit`, `replay`, `dead-letter`                    |
 //! | [`app`]      | wiring and shutdown                                                  |
 //!
 //! The write-ahead log itself is the `tracespool-storage` crate in `storage/`.
@@ -34,3 +38,4 @@ pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod throttle;
+pub mod tools;

@@ -16,6 +16,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(dir) = cli.data_dir {
+        cfg.storage.dir = dir;
+    }
     if let Some(f) = cli.log_format {
         cfg.log.format = match f {
             LogFormatArg::Text => LogFormat::Text,
@@ -49,5 +52,6 @@ fn main() -> ExitCode {
                 }
             }
         }
+        tool => tracespool::tools::main(tool, cfg, cli.json),
     }
 }

@@ -56,6 +56,21 @@ async fn full_spool_refuses_with_retry_hints_and_clients_succeed_after_the_outag
     .await;
     assert_eq!(a.status, 429);
     assert_eq!(a.headers["retry-after"], "1");
+    // Health: alive, but not ready while it refuses for lack of space.
+    let admin = format!("http://{}", spool.admin);
+    assert_eq!(
+        support::spool::get(&format!("{admin}/healthz")).await.0,
+        200
+    );
+    let (code, body) = support::spool::get(&format!("{admin}/readyz")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("the spool is full"), "{body}");
+    assert!(
+        spool
+            .metric(r#"tracespool_receiver_requests_total{protocol="grpc",outcome="full"}"#)
+            .await
+            >= 1.0
+    );
     // Python SDK clients meanwhile: refused, retrying on their own.
     let (g, h) = (spool.grpc_endpoint(), spool.http_endpoint());
     let clients = [
@@ -131,6 +146,24 @@ async fn full_spool_refuses_with_retry_hints_and_clients_succeed_after_the_outag
     support::assert_delivered(&backend, &acked, "backend").await;
     // Never over budget.
     assert!(dir_bytes(&spool.data.join("wal")) <= 256 * 1024);
+    // Ready again once there is room.
+    let ready = support::eventually(Duration::from_secs(30), || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(support::spool::get(&format!("{admin}/readyz")))
+                .0
+                == 200
+        })
+    })
+    .await;
+    assert!(ready, "/readyz stayed unready after the spool drained");
+    // The refusals are in the audit; what was stored is delivered, and balances.
+    let (code, s) = spool.tool_json(&["audit", "summary"]).await;
+    assert_eq!(code, 0, "{s:#}");
+    assert!(s["rejected"]["full"]["records"].as_u64().unwrap() >= 1);
+    let d = &s["destinations"][0];
+    assert_eq!(d["accepted"]["spans"], acked.len());
+    assert_eq!(d["delivered"]["spans"], acked.len(), "{s:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,6 +244,44 @@ async fn drop_oldest_never_refuses_and_counts_every_dropped_span() {
             );
         }
     }
+    // The metrics say the same, exactly.
+    let text = spool.metrics().await;
+    let v = |series: &str| support::spool::metric_value(&text, series);
+    assert_eq!(
+        v(r#"tracespool_spans_dropped_total{reason="drop_oldest",destination="b"}"#),
+        dropped as f64
+    );
+    assert_eq!(
+        v(r#"tracespool_spans_delivered_after_eviction_total{destination="b"}"#),
+        late as f64
+    );
+    assert_eq!(
+        v(r#"tracespool_spans_delivered_total{destination="b"}"#),
+        backend.span_count() as f64
+    );
+    assert_eq!(v("tracespool_spans_persisted_total"), sent as f64);
+    // And the audit: every batch delivered or dropped (a batch dropped and then
+    // delivered after all counts as delivered), none pending, balanced.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let s = loop {
+        let (code, s) = spool.tool_json(&["audit", "summary"]).await;
+        if (code == 0 && s["destinations"][0]["pending"]["records"] == 0)
+            || std::time::Instant::now() > deadline
+        {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let d = &s["destinations"][0];
+    assert_eq!(d["accepted"]["spans"], sent, "{s:#}");
+    assert_eq!(d["delivered"]["spans"], backend.span_count(), "{s:#}");
+    assert_eq!(
+        d["dropped"]["drop_oldest"]["spans"],
+        dropped - late,
+        "{s:#}"
+    );
+    assert_eq!(d["pending"]["records"], 0, "{s:#}");
+    assert_eq!(s["balanced"], true, "{s:#}");
 }
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {

@@ -17,14 +17,67 @@ fn tracespool() -> Command {
 }
 
 #[test]
-fn help_names_both_commands() {
+fn help_names_every_command() {
     let out = tracespool().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "run",
+        "check-config",
+        "status",
+        "wal",
+        "audit",
+        "replay",
+        "dead-letter",
+        "--config",
+        "--data-dir",
+        "--json",
+    ] {
+        assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+}
+
+#[test]
+fn tools_on_a_directory_without_data_exit_2_and_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here");
+    let out = tracespool()
+        .arg("--data-dir")
+        .arg(&missing)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        text.contains("run") && text.contains("check-config") && text.contains("--config"),
-        "{text}"
+        err.contains("no data directory at") && err.contains("nothing-here"),
+        "{err}"
     );
+    // A directory no forwarder ran in: status says so; the others find nothing.
+    let out = tracespool()
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no forwarder has run"));
+    let out = tracespool()
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["replay", "--from", "1", "--endpoint", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no instance-id"));
+    let out = tracespool()
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["audit", "show", "--trace-id", "xyz"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a trace id"));
 }
 
 #[test]

@@ -143,6 +143,17 @@ pub enum Entry {
         t: u64,
         accepted_through: u64,
     },
+    /// `tracespool replay` re-sent the retained records in `first_seq..=last_seq`
+    /// to `endpoint` (it changes no batch's fate: an audit trail of what went out).
+    Replayed {
+        t: u64,
+        endpoint: String,
+        first_seq: u64,
+        last_seq: u64,
+        records: u64,
+        spans: u64,
+        failed: u64,
+    },
     Started {
         t: u64,
         instance_id: String,
@@ -226,6 +237,26 @@ pub fn read_all(dir: &Path) -> io::Result<Vec<Entry>> {
         }
     }
     Ok(out)
+}
+
+/// Appends one entry from another process (a tool) to the newest ledger file, with
+/// one `O_APPEND` write, beside a running forwarder or a stopped one.
+pub fn append_external(dir: &Path, entry: &Entry) -> io::Result<()> {
+    let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let path = match files(dir)?.pop() {
+        Some((_, p)) => p,
+        None => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            dir.join(file_name(1))
+        }
+    };
+    let mut f = open_append(&path)?;
+    f.write_all(&line)?;
+    f.sync_data()
 }
 
 fn open_append(path: &Path) -> io::Result<File> {

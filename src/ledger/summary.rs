@@ -256,7 +256,7 @@ pub fn summarize(
     s
 }
 
-fn entry_time(e: &Entry) -> u64 {
+pub fn entry_time(e: &Entry) -> u64 {
     match e {
         Entry::Accepted { t, .. }
         | Entry::Deduplicated { t, .. }
@@ -269,6 +269,7 @@ fn entry_time(e: &Entry) -> u64 {
         | Entry::DestinationAdded { t, .. }
         | Entry::DestinationRemoved { t, .. }
         | Entry::Checkpoint { t, .. }
+        | Entry::Replayed { t, .. }
         | Entry::Started { t, .. }
         | Entry::Stopped { t } => *t,
     }
@@ -293,6 +294,11 @@ pub fn history(entries: &[Entry], seq: u64) -> Vec<Entry> {
                 ..
             }
             | Entry::Damaged {
+                first_seq,
+                last_seq,
+                ..
+            }
+            | Entry::Replayed {
                 first_seq,
                 last_seq,
                 ..

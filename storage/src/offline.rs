@@ -67,6 +67,22 @@ fn read_prefix(path: &Path, n: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Whether a forwarder holds the data directory's lock right now (tools say so and
+/// read what it publishes instead of its metadata store). The probe takes a shared
+/// lock and drops it at once: it never makes a starting forwarder wait.
+pub fn forwarder_running(data_dir: &Path) -> io::Result<bool> {
+    let file = match fs::File::open(data_dir.join("LOCK")) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => Ok(false),
+        Err(fs::TryLockError::WouldBlock) => Ok(true),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// What a segment holds, record by record.
 #[derive(Clone, Debug, Default)]
 pub struct SegmentContents {

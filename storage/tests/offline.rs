@@ -5,7 +5,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use tracespool_storage::offline::{for_each_record, list_segments, read_record, read_segment};
+use tracespool_storage::offline::{
+    for_each_record, forwarder_running, list_segments, read_record, read_segment,
+};
 use tracespool_storage::{CursorStart, GapCause, ReadItem, Wal, WalEvent, WhenFull};
 
 const LEN: usize = 900;
@@ -107,4 +109,19 @@ async fn the_hook_hears_each_loss_before_it_takes_effect() {
             assert_eq!(n, loss.records);
         }
     }
+}
+
+#[tokio::test]
+async fn tools_see_whether_a_forwarder_holds_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(!forwarder_running(dir.path()).unwrap(), "no LOCK file yet");
+    let (wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    assert!(forwarder_running(dir.path()).unwrap());
+    // The probe does not keep the lock: a second probe sees the same.
+    assert!(forwarder_running(dir.path()).unwrap());
+    wal.close().await;
+    assert!(!forwarder_running(dir.path()).unwrap());
+    // And it never stops a forwarder from starting.
+    let (wal, _) = Wal::open(small_config(dir.path())).unwrap();
+    wal.close().await;
 }

@@ -60,6 +60,8 @@ struct State {
     attempts: Mutex<Vec<Option<String>>>,
     /// Requests with a span of one of these names get INVALID_ARGUMENT / 400.
     poison: Mutex<Vec<String>>,
+    /// Bytes of every request body that arrived, answered or not.
+    attempt_bytes: Mutex<u64>,
 }
 
 pub struct Backend {
@@ -140,6 +142,16 @@ impl Backend {
     /// Requests with a span named `name` are refused as invalid (permanently).
     pub fn poison(&self, name: &str) {
         self.state.poison.lock().unwrap().push(name.to_string());
+    }
+
+    /// Accepts poisoned requests again.
+    pub fn clear_poison(&self) {
+        self.state.poison.lock().unwrap().clear();
+    }
+
+    /// Bytes of every request body that arrived, answered or not.
+    pub fn attempt_bytes(&self) -> u64 {
+        *self.state.attempt_bytes.lock().unwrap()
     }
 
     /// Closes the port: connections are refused until [`Backend::restart`].
@@ -270,6 +282,7 @@ enum Answer {
 
 fn decide(state: &State, key: Option<String>, body: &[u8]) -> Answer {
     state.attempts.lock().unwrap().push(key.clone());
+    *state.attempt_bytes.lock().unwrap() += body.len() as u64;
     let mode = state.mode.lock().unwrap().clone().unwrap_or(Mode::Accept);
     let request = match ExportTraceServiceRequest::decode(body) {
         Ok(r) => r,

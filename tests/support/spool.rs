@@ -217,6 +217,42 @@ impl Spool {
         metric_value(&self.metrics().await, series)
     }
 
+    /// Runs a tool (`status`, `wal verify`, ...) on this spool's config, in a
+    /// blocking thread; returns its exit code, stdout and stderr.
+    pub async fn tool(&self, args: &[&str]) -> (i32, String, String) {
+        let config = self.config.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_tracespool"))
+                .arg("--config")
+                .arg(&config)
+                .args(&args)
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run tracespool tool");
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Runs a tool with `--json`; returns its exit code and parsed output.
+    pub async fn tool_json(&self, args: &[&str]) -> (i32, serde_json::Value) {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let (code, out, err) = self.tool(&a).await;
+        let v = serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!("tracespool {args:?} --json printed no JSON ({e}); exit {code}\nstdout: {out}\nstderr: {err}")
+        });
+        (code, v)
+    }
+
     pub fn grpc_endpoint(&self) -> String {
         format!("http://{}", self.grpc)
     }

@@ -1,0 +1,202 @@
+//! `tracespool status`: per destination, what is waiting and since when, and how the
+//! last attempts went; the disk budget. From `state.json`, which a running forwarder
+//! rewrites every two seconds and at shutdown.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{fmt_ago, fmt_bytes, fmt_span, fmt_time, table, Ctx, ToolError, Verdict};
+use crate::deadletter::DeadLetters;
+use crate::ledger::now_ms;
+
+#[derive(Serialize)]
+struct Report {
+    data_dir: String,
+    forwarder_running: bool,
+    /// False when the state file says "running" but nobody holds the directory: the
+    /// forwarder stopped without a clean shutdown, and the figures are from before.
+    clean: bool,
+    pid: u32,
+    instance_id: String,
+    state_updated: String,
+    state_age_seconds: f64,
+    wal: Wal,
+    destinations: Vec<Destination>,
+    dead_letters: BTreeMap<String, usize>,
+}
+
+#[derive(Serialize)]
+struct Wal {
+    bytes: u64,
+    budget_bytes: u64,
+    budget_used_ratio: f64,
+    segments: usize,
+    first_seq: u64,
+    last_seq: u64,
+    failed: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Destination {
+    name: String,
+    endpoint: String,
+    position: u64,
+    backlog_records: u64,
+    backlog_spans: u64,
+    backlog_bytes: u64,
+    oldest_undelivered: Option<String>,
+    oldest_undelivered_age_seconds: Option<f64>,
+    last_success: Option<String>,
+    last_error_time: Option<String>,
+    last_error: Option<String>,
+}
+
+pub fn run(ctx: &Ctx) -> Result<Verdict, ToolError> {
+    let Some(state) = ctx.state()? else {
+        return Err(ToolError(format!(
+            "no {} in {}: no forwarder has run on this data directory yet",
+            crate::state::FILE,
+            ctx.data.display()
+        )));
+    };
+    let running = ctx.running()?;
+    let now = now_ms();
+    let letters = DeadLetters::new(&ctx.data)
+        .list(None)
+        .map_err(|e| ToolError::io("listing dead letters in", &ctx.data, e))?;
+    let mut dead_letters: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &letters {
+        *dead_letters.entry(l.destination.clone()).or_default() += 1;
+    }
+    let w = &state.wal;
+    let report = Report {
+        data_dir: ctx.data.display().to_string(),
+        forwarder_running: running,
+        clean: running || !state.running,
+        pid: state.pid,
+        instance_id: state.instance_id.clone(),
+        state_updated: fmt_time(state.updated_ms),
+        state_age_seconds: now.saturating_sub(state.updated_ms) as f64 / 1000.0,
+        wal: Wal {
+            bytes: w.bytes,
+            budget_bytes: w.max_bytes,
+            budget_used_ratio: if w.max_bytes == 0 {
+                0.0
+            } else {
+                w.bytes as f64 / w.max_bytes as f64
+            },
+            segments: w.segments,
+            first_seq: w.first_seq,
+            last_seq: w.last_seq,
+            failed: w.failed.clone(),
+        },
+        destinations: state
+            .destinations
+            .iter()
+            .map(|d| Destination {
+                name: d.name.clone(),
+                endpoint: d.endpoint.clone(),
+                position: d.position,
+                backlog_records: d.backlog_records,
+                backlog_spans: d.backlog_spans,
+                backlog_bytes: d.backlog_bytes,
+                oldest_undelivered: d.oldest_undelivered_ms.map(fmt_time),
+                oldest_undelivered_age_seconds: d
+                    .oldest_undelivered_ms
+                    .map(|t| now.saturating_sub(t) as f64 / 1000.0),
+                last_success: d.last_success_ms.map(fmt_time),
+                last_error_time: d.last_error_ms.map(fmt_time),
+                last_error: d.last_error.clone(),
+            })
+            .collect(),
+        dead_letters,
+    };
+    if ctx.json {
+        ctx.print_json(&report)?;
+        return Ok(Verdict::Fine);
+    }
+    let who = if running {
+        format!("running (pid {})", state.pid)
+    } else if report.clean {
+        "stopped".to_string()
+    } else {
+        format!(
+            "NOT running and did not shut down cleanly (pid {} was killed or crashed); figures are from before",
+            state.pid
+        )
+    };
+    println!("forwarder: {who}; instance {}", state.instance_id);
+    println!(
+        "state as of {} ({})",
+        report.state_updated,
+        fmt_ago(state.updated_ms, now)
+    );
+    println!(
+        "log: {} of {} budget ({:.1} %), {} segments, seq {}..{}{}",
+        fmt_bytes(w.bytes),
+        fmt_bytes(w.max_bytes),
+        report.wal.budget_used_ratio * 100.0,
+        w.segments,
+        w.first_seq,
+        w.last_seq,
+        w.failed
+            .as_ref()
+            .map(|f| format!("; FAILED: {f}"))
+            .unwrap_or_default()
+    );
+    println!();
+    let rows: Vec<Vec<String>> = state
+        .destinations
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                d.backlog_spans.to_string(),
+                d.backlog_records.to_string(),
+                fmt_bytes(d.backlog_bytes),
+                d.oldest_undelivered_ms
+                    .map(|t| fmt_span(now.saturating_sub(t)))
+                    .unwrap_or_else(|| "-".into()),
+                d.last_success_ms
+                    .map(|t| fmt_ago(t, now))
+                    .unwrap_or_else(|| "never".into()),
+                match (&d.last_error_ms, &d.last_error) {
+                    (Some(t), Some(e)) => format!("{}: {e}", fmt_ago(*t, now)),
+                    _ => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no destinations configured: records are kept, not forwarded");
+    } else {
+        print!(
+            "{}",
+            table(
+                &[
+                    "DESTINATION",
+                    "BACKLOG SPANS",
+                    "RECORDS",
+                    "BYTES",
+                    "OLDEST UNDELIVERED",
+                    "LAST SUCCESS",
+                    "LAST ERROR",
+                ],
+                &rows
+            )
+        );
+    }
+    if !report.dead_letters.is_empty() {
+        let list: Vec<String> = report
+            .dead_letters
+            .iter()
+            .map(|(d, n)| format!("{d} {n}"))
+            .collect();
+        println!(
+            "\ndead letters: {} (see `tracespool dead-letter list`)",
+            list.join(", ")
+        );
+    }
+    Ok(Verdict::Fine)
+}
