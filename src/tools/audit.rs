@@ -115,6 +115,10 @@ fn print_summary(s: &Summary) {
         }
     );
     println!();
+    if s.destinations.is_empty() {
+        println!("no destinations: accepted batches are kept, not forwarded");
+        return;
+    }
     let rows: Vec<Vec<String>> = s
         .destinations
         .iter()
@@ -345,8 +349,15 @@ fn print_batch(b: &Batch) {
     println!("batch seq {}", b.seq);
     match &b.record {
         Some(r) => println!(
-            "  in the log: received {}, {} spans, {} bytes, client key {:?}",
-            r.received, r.spans, r.bytes, r.client_key
+            "  in the log: received {}, {} spans, {} bytes, {}",
+            r.received,
+            r.spans,
+            r.bytes,
+            if r.client_key.is_empty() {
+                "no client key".to_string()
+            } else {
+                format!("client key {:?}", r.client_key)
+            }
         ),
         None => println!("  not in the log (deleted after delivery, dropped, or damaged)"),
     }

@@ -133,13 +133,16 @@ pub fn run(ctx: &Ctx) -> Result<Verdict, ToolError> {
         fmt_ago(state.updated_ms, now)
     );
     println!(
-        "log: {} of {} budget ({:.1} %), {} segments, seq {}..{}{}",
+        "log: {} of {} budget ({:.1} %), {} segments, {}{}",
         fmt_bytes(w.bytes),
         fmt_bytes(w.max_bytes),
         report.wal.budget_used_ratio * 100.0,
         w.segments,
-        w.first_seq,
-        w.last_seq,
+        if w.last_seq >= w.first_seq {
+            format!("seq {}..{}", w.first_seq, w.last_seq)
+        } else {
+            "empty".to_string()
+        },
         w.failed
             .as_ref()
             .map(|f| format!("; FAILED: {f}"))

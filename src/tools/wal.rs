@@ -324,9 +324,11 @@ pub fn dump(ctx: &Ctx, seq: u64) -> Result<Verdict, ToolError> {
         let segs = segments(ctx)?;
         let first = segs.first().map(|s| s.first_seq);
         return Err(ToolError(format!(
-            "record {seq} is not in the log{} (delivered and deleted, dropped, damaged, or not written yet); \
-             `tracespool audit show --seq {seq}` tells its history",
-            first.map(|f| format!(" (it starts at seq {f})")).unwrap_or_default()
+            "record {seq} is not in the log{}: delivered and deleted, dropped, damaged, or not \
+             written yet (`tracespool audit show --seq {seq}` tells which)",
+            first
+                .map(|f| format!(", which starts at seq {f}"))
+                .unwrap_or_default()
         )));
     };
     if record.codec != CODEC_OTLP_TRACES_PROTOBUF {
