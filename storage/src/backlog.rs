@@ -3,14 +3,18 @@
 //! reads, no body checksums), and remembers the totals of sealed segments, which
 //! never change, so a large backlog costs one walk of the segment the position is
 //! in plus the active segment.
+//!
+//! Headers are read with `pread`, not through a mapping: faulting one header page
+//! per record maps the pages around it too (fault-around), which made the walk of a
+//! 64 MiB segment of 116 KB records count ~40 MiB against the process's RSS.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::format::decode_header;
-use crate::segment::{SegmentMap, RECORDS_START};
+use crate::format::{decode_header, RECORD_HEADER_LEN};
+use crate::segment::RECORDS_START;
 use crate::shared::Shared;
 use crate::types::time_from_nanos;
 
@@ -39,22 +43,27 @@ pub(crate) struct BacklogCache {
     sealed: Mutex<HashMap<u64, Totals>>,
 }
 
-/// Walks the headers of `bytes[..limit]`, counting records with seq > `after`.
-fn walk(bytes: &[u8], limit: usize, after: u64) -> Totals {
+/// Walks the headers of `file[..limit]`, counting records with seq > `after`.
+fn walk(file: &File, limit: u64, after: u64) -> Totals {
+    use std::os::unix::fs::FileExt;
     let mut t = Totals::default();
-    let mut offset = RECORDS_START;
-    while offset < limit {
-        let Ok(h) = decode_header(&bytes[offset..limit]) else {
+    let mut offset = RECORDS_START as u64;
+    let mut buf = [0u8; RECORD_HEADER_LEN];
+    while offset + RECORD_HEADER_LEN as u64 <= limit {
+        if file.read_exact_at(&mut buf, offset).is_err() {
+            break;
+        }
+        let Ok(h) = decode_header(&buf) else {
             break;
         };
-        let len = h.frame_len();
+        let len = h.frame_len() as u64;
         if offset + len > limit {
             break;
         }
         if h.seq > after {
             t.records += 1;
             t.spans += h.span_count as u64;
-            t.bytes += len as u64;
+            t.bytes += len;
             t.first_received.get_or_insert(h.received_at_nanos);
         }
         offset += len;
@@ -115,9 +124,8 @@ pub(crate) fn backlog(shared: &Shared, after: u64) -> Backlog {
 }
 
 fn walk_file(shared: &Shared, first: u64, limit: u64, after: u64) -> Totals {
-    let path = shared.segment_path(first);
-    match File::open(&path).and_then(|f| SegmentMap::map_tracked(&f, limit, &shared.maps, first)) {
-        Ok(map) => walk(&map, (limit as usize).min(map.len()), after),
+    match File::open(shared.segment_path(first)) {
+        Ok(f) => walk(&f, limit, after),
         Err(_) => Totals::default(),
     }
 }
