@@ -7,6 +7,10 @@ use tracespool::cli::{Cli, Command, LogFormatArg};
 use tracespool::config::{Config, LogFormat};
 
 fn main() -> ExitCode {
+    // Everything tracespool creates — segments, metadata, the ledger, dead letters,
+    // tool output — is owner-only (0700 directories, 0600 files), whatever the
+    // inherited umask and whatever a library asks for.
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     let env = std::env::vars().collect();
     let mut cfg = match Config::load(cli.config.as_deref(), &env) {

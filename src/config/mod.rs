@@ -6,6 +6,8 @@
 //! `config/tracespool.toml` documents every key with its default.
 
 mod otel_env;
+pub mod processors;
+pub mod security;
 mod units;
 
 use std::collections::BTreeMap;
@@ -15,6 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use processors::ProcessorConfig;
+pub use security::{DestinationTlsConfig, ReceiverAuthConfig, ReceiverTlsConfig, TokenConfig};
 pub use units::{ByteSize, Dur};
 
 /// A configuration problem, naming the key and what is wrong with it.
@@ -33,6 +37,8 @@ pub struct Config {
     pub service: ServiceConfig,
     pub admin: AdminConfig,
     pub audit: AuditConfig,
+    /// Applied in order to every request before it is stored.
+    pub processors: Vec<ProcessorConfig>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -136,6 +142,18 @@ pub struct OtlpReceiverConfig {
     pub max_decompressed_bytes: ByteSize,
     /// The retry delay suggested to clients when the disk budget is full.
     pub retry_after: Dur,
+    /// Open connections per receiver; more are closed at once.
+    pub max_connections: usize,
+    /// HTTP/2 streams (requests) at once per connection.
+    pub max_concurrent_streams: u32,
+    /// Time a new connection gets to finish its TLS handshake, and an HTTP/1 request
+    /// to send its headers; slower clients are disconnected.
+    pub header_read_timeout: Dur,
+    /// Time a request gets to send its whole body.
+    pub body_read_timeout: Dur,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ReceiverTlsConfig>,
+    pub auth: ReceiverAuthConfig,
 }
 
 impl Default for OtlpReceiverConfig {
@@ -146,6 +164,12 @@ impl Default for OtlpReceiverConfig {
             max_request_bytes: ByteSize(16 << 20),
             max_decompressed_bytes: ByteSize(64 << 20),
             retry_after: Dur(Duration::from_secs(2)),
+            max_connections: 1024,
+            max_concurrent_streams: 256,
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            body_read_timeout: Dur(Duration::from_secs(30)),
+            tls: None,
+            auth: ReceiverAuthConfig::default(),
         }
     }
 }
@@ -177,6 +201,12 @@ pub struct DestinationConfig {
     /// Sent with every export (e.g. an API key).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Headers whose values are read from files (trimmed), at start.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub header_files: BTreeMap<String, PathBuf>,
+    /// Headers whose values are read from environment variables, at start.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub header_env: BTreeMap<String, String>,
     /// Deadline of one export attempt.
     #[serde(default = "default_timeout")]
     pub timeout: Dur,
@@ -187,6 +217,9 @@ pub struct DestinationConfig {
     pub max_in_flight: usize,
     #[serde(default)]
     pub retry: RetryConfig,
+    /// For `https://` endpoints.
+    #[serde(default, skip_serializing_if = "DestinationTlsConfig::is_default")]
+    pub tls: DestinationTlsConfig,
 }
 
 fn default_protocol() -> Protocol {
@@ -315,8 +348,45 @@ impl Config {
                 cfg.destinations.push(d);
             }
         }
+        cfg.resolve_secrets(env)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Reads tokens, header values and hash keys given as files or variables.
+    fn resolve_secrets(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        self.receivers.otlp.auth.resolve(env)?;
+        for (i, d) in self.destinations.iter_mut().enumerate() {
+            let files = std::mem::take(&mut d.header_files);
+            let vars = std::mem::take(&mut d.header_env);
+            for (name, path) in &files {
+                let key = format!("destinations[{i}].header_files.{name:?}");
+                let v = security::resolve_secret(&key, None, Some(path), None, env)?;
+                if d.headers
+                    .insert(name.clone(), v.unwrap_or_default())
+                    .is_some()
+                {
+                    return Err(ConfigError(format!("{key}: the header is given twice")));
+                }
+            }
+            for (name, var) in &vars {
+                let key = format!("destinations[{i}].header_env.{name:?}");
+                let v = security::resolve_secret(&key, None, None, Some(var), env)?;
+                if d.headers
+                    .insert(name.clone(), v.unwrap_or_default())
+                    .is_some()
+                {
+                    return Err(ConfigError(format!("{key}: the header is given twice")));
+                }
+            }
+            // Keep where they came from, for check-config.
+            d.header_files = files;
+            d.header_env = vars;
+        }
+        for (i, p) in self.processors.iter_mut().enumerate() {
+            p.resolve(i, env)?;
+        }
+        Ok(())
     }
 
     /// Checks relations between settings; every message names its key.
@@ -371,6 +441,23 @@ impl Config {
         if r.max_decompressed_bytes.0 > (1 << 30) {
             return err("receivers.otlp.max_decompressed_bytes must be at most 1GiB".into());
         }
+        if r.max_connections == 0 {
+            return err("receivers.otlp.max_connections must be at least 1".into());
+        }
+        if r.max_concurrent_streams == 0 {
+            return err("receivers.otlp.max_concurrent_streams must be at least 1".into());
+        }
+        for (key, d) in [
+            ("receivers.otlp.header_read_timeout", r.header_read_timeout),
+            ("receivers.otlp.body_read_timeout", r.body_read_timeout),
+        ] {
+            if d.0.is_zero() {
+                return err(format!("{key} must be greater than 0"));
+            }
+        }
+        if let Some(tls) = &r.tls {
+            tls.validate()?;
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             let key = format!("destinations[{i}]");
@@ -420,6 +507,7 @@ impl Config {
                     ));
                 }
             }
+            d.validate_tls(&key)?;
         }
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
             return err(format!(
@@ -480,15 +568,25 @@ impl Config {
         w
     }
 
-    /// The effective configuration as TOML, with header values hidden.
+    /// The effective configuration as TOML, with secrets hidden: header values,
+    /// tokens, hash keys.
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         for d in &mut shown.destinations {
             for v in d.headers.values_mut() {
                 *v = "<redacted>".into();
             }
+            // Shown once, as resolved headers (redacted).
+            d.header_files.clear();
+            d.header_env.clear();
         }
-        toml_string(&shown)
+        for t in &mut shown.receivers.otlp.auth.tokens {
+            if t.token.is_some() {
+                t.token = Some("<redacted>".into());
+            }
+        }
+        shown.processors = shown.processors.iter().map(|p| p.redacted()).collect();
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 
@@ -503,11 +601,8 @@ impl DestinationConfig {
         };
         let uri: http::Uri = raw.parse().map_err(|e| format!("not a URL: {e}"))?;
         match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err("https endpoints need TLS, which this build does not do yet; use http:// (e.g. through a local TLS proxy)".into())
-            }
-            _ => return Err("the scheme must be http://".into()),
+            Some("http") | Some("https") => {}
+            _ => return Err("the scheme must be http:// or https://".into()),
         }
         if uri.host().is_none() {
             return Err("the URL has no host".into());
@@ -519,61 +614,46 @@ impl DestinationConfig {
         }
         Ok(uri)
     }
-}
 
-fn toml_string(cfg: &Config) -> String {
-    // The config crate has no TOML writer; render the (small, flat) structure by hand
-    // from its JSON form so sizes and durations keep their human spelling.
-    let v = serde_json::to_value(cfg).expect("config serialises");
-    let mut out = String::new();
-    let obj = v.as_object().expect("object");
-    for (section, body) in obj {
-        if section == "destinations" {
-            continue;
-        }
-        write_table(&mut out, section, body);
+    pub fn is_https(&self) -> bool {
+        self.endpoint.starts_with("https://")
     }
-    for d in v["destinations"].as_array().into_iter().flatten() {
-        out.push_str("\n[[destinations]]\n");
-        let o = d.as_object().expect("object");
-        for (k, val) in o {
-            if !val.is_object() {
-                out.push_str(&format!("{k} = {}\n", toml_value(val)));
+
+    fn validate_tls(&self, key: &str) -> Result<(), ConfigError> {
+        use security::{check_pem, PemKind};
+        let t = &self.tls;
+        if !self.is_https() {
+            if !t.is_default() {
+                return Err(ConfigError(format!(
+                    "{key}.tls: the endpoint {:?} is plain http://; use https:// for TLS",
+                    self.endpoint
+                )));
+            }
+            return Ok(());
+        }
+        if let Some(ca) = &t.ca_file {
+            check_pem(&format!("{key}.tls.ca_file"), ca, PemKind::Certificates)?;
+        }
+        match (&t.cert_file, &t.key_file) {
+            (Some(c), Some(k)) => {
+                check_pem(&format!("{key}.tls.cert_file"), c, PemKind::Certificates)?;
+                check_pem(&format!("{key}.tls.key_file"), k, PemKind::PrivateKey)?;
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError(format!(
+                    "{key}.tls: cert_file and key_file go together"
+                )))
             }
         }
-        for (k, val) in o {
-            if val.is_object() {
-                write_table(&mut out, &format!("destinations.{k}"), val);
+        if let Some(n) = &t.server_name {
+            if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+                return Err(ConfigError(format!(
+                    "{key}.tls.server_name {n:?} is not a DNS name or IP address"
+                )));
             }
         }
-    }
-    out
-}
-
-fn write_table(out: &mut String, name: &str, body: &serde_json::Value) {
-    let Some(o) = body.as_object() else { return };
-    let scalars: Vec<_> = o.iter().filter(|(_, v)| !v.is_object()).collect();
-    if !scalars.is_empty() || o.is_empty() {
-        out.push_str(&format!("\n[{name}]\n"));
-        for (k, v) in scalars {
-            out.push_str(&format!("{k} = {}\n", toml_value(v)));
-        }
-    }
-    for (k, v) in o.iter().filter(|(_, v)| v.is_object()) {
-        write_table(out, &format!("{name}.{k}"), v);
-    }
-}
-
-fn toml_value(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => serde_json::to_string(s).unwrap(),
-        serde_json::Value::Array(a) => {
-            format!(
-                "[{}]",
-                a.iter().map(toml_value).collect::<Vec<_>>().join(", ")
-            )
-        }
-        other => other.to_string(),
+        Ok(())
     }
 }
 

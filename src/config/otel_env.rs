@@ -2,12 +2,17 @@
 //! with no config file forwards where an SDK on the same box would export:
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`,
 //! `OTEL_EXPORTER_OTLP[_TRACES]_HEADERS`, `OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL`,
-//! `OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT` and `OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION`.
+//! `OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT`, `OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION`,
+//! and for TLS `OTEL_EXPORTER_OTLP[_TRACES]_CERTIFICATE` (CA bundle),
+//! `_CLIENT_CERTIFICATE`, `_CLIENT_KEY` and `_INSECURE` (plain http for an endpoint
+//! without a scheme).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{Compression, ConfigError, DestinationConfig, Dur, Protocol, RetryConfig};
+use super::{
+    Compression, ConfigError, DestinationConfig, DestinationTlsConfig, Dur, Protocol, RetryConfig,
+};
 
 /// The name of the destination made from the environment.
 pub const ENV_DESTINATION: &str = "otlp";
@@ -68,9 +73,10 @@ pub fn destination_from_env(
         "OTEL_EXPORTER_OTLP_HEADERS",
     ) {
         for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| ConfigError(format!("{key}: {pair:?} is not key=value")))?;
+            // The message never repeats the pair: its value may be a secret.
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                ConfigError(format!("{key}: an entry is not key=value (value hidden)"))
+            })?;
             headers.insert(
                 percent_decode(k.trim()).to_ascii_lowercase(),
                 percent_decode(v.trim()),
@@ -102,15 +108,49 @@ pub fn destination_from_env(
             )))
         }
     };
+    let path = |signal: &str, generic: &str| var(env, signal, generic).map(|(v, _)| v.into());
+    let tls = DestinationTlsConfig {
+        ca_file: path(
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ),
+        cert_file: path(
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        ),
+        key_file: path(
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        ),
+        ..Default::default()
+    };
+    let insecure = var(
+        env,
+        "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+        "OTEL_EXPORTER_OTLP_INSECURE",
+    )
+    .is_some_and(|(v, _)| v.trim().eq_ignore_ascii_case("true"));
+    // An endpoint without a scheme is https, unless marked insecure (the spec's
+    // rule for gRPC); with a scheme, the scheme decides.
+    let endpoint = if endpoint.contains("://") {
+        endpoint
+    } else if insecure {
+        format!("http://{endpoint}")
+    } else {
+        format!("https://{endpoint}")
+    };
     Ok(Some(DestinationConfig {
         name: ENV_DESTINATION.into(),
         endpoint,
         protocol,
         headers,
+        header_files: BTreeMap::new(),
+        header_env: BTreeMap::new(),
         timeout: Dur(timeout),
         compression,
         max_in_flight: super::default_in_flight(),
         retry: RetryConfig::default(),
+        tls,
     }))
 }
 

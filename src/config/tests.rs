@@ -202,17 +202,204 @@ fn the_reference_config_documents_every_key_with_its_default() {
         compression: default_compression(),
         max_in_flight: default_in_flight(),
         retry: Default::default(),
+        header_files: Default::default(),
+        header_env: Default::default(),
+        tls: DestinationTlsConfig {
+            ca_file: Some("/ca.pem".into()),
+            cert_file: Some("/c.pem".into()),
+            key_file: Some("/k.pem".into()),
+            server_name: Some("x".into()),
+            insecure_skip_verify: false,
+        },
     });
+    // And every optional table: receiver TLS, a token, each processor.
+    with_dest.receivers.otlp.tls = Some(ReceiverTlsConfig {
+        cert_file: "/c.pem".into(),
+        key_file: "/k.pem".into(),
+        client_ca_file: Some("/ca.pem".into()),
+        reload_interval: Dur(Duration::from_secs(10)),
+    });
+    with_dest.receivers.otlp.auth.tokens.push(TokenConfig {
+        tenant: "t".into(),
+        token: Some("x".into()),
+        token_file: Some("/t".into()),
+        token_env: Some("T".into()),
+        resolved: String::new(),
+    });
+    let mut redact = processors::RedactConfig {
+        hash_key: Some("k".into()),
+        hash_key_file: Some("/k".into()),
+        hash_key_env: Some("K".into()),
+        ..Default::default()
+    };
+    redact.custom_patterns.push(processors::CustomPattern {
+        name: "n".into(),
+        regex: "r".into(),
+    });
+    let mut filter = processors::FilterConfig::default();
+    filter.drop.push(processors::DropRule {
+        span_name: Some("s".into()),
+        span_name_regex: Some("s".into()),
+        service: Some("s".into()),
+        attributes: [("a".to_string(), "b".to_string())].into(),
+        attributes_regex: [("a".to_string(), "b".to_string())].into(),
+    });
+    let mut sample = processors::SampleConfig::default();
+    sample.service_rates.insert("s".into(), 0.5);
+    with_dest.processors = vec![
+        ProcessorConfig::Redact(redact),
+        ProcessorConfig::Sample(sample),
+        ProcessorConfig::Filter(filter),
+        ProcessorConfig::Limits(Default::default()),
+    ];
+    let mut table = String::new();
     for line in with_dest.to_redacted_toml().lines() {
+        if line.starts_with('[') {
+            table = line.trim_matches(['[', ']']).to_string();
+        }
+        // Maps whose keys are data (service names, attribute keys), not settings.
+        let data = ["service_rates", "attributes", "attributes_regex", "headers"];
+        if data.iter().any(|d| table.ends_with(&format!(".{d}"))) {
+            continue;
+        }
         if let Some((key, _)) = line.split_once(" = ") {
             let documented = text.lines().any(|l| {
                 let l = l.trim_start_matches('#').trim();
-                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("retry.{key} ="))
+                l.starts_with(&format!("{key} ="))
+                    || l.starts_with(&format!("retry.{key} ="))
+                    || l.starts_with(&format!("tls.{key} ="))
             });
             assert!(
                 documented,
                 "key {key:?} is not documented in config/tracespool.toml"
             );
         }
+    }
+}
+
+#[test]
+fn secrets_come_from_the_file_a_file_or_a_variable_and_are_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "file-token-0123456789abcdef\n").unwrap();
+    let header_file = dir.path().join("auth");
+    std::fs::write(&header_file, "Bearer header-file-secret\n").unwrap();
+    let f = file(&format!(
+        r#"
+        [[receivers.otlp.auth.tokens]]
+        tenant = "a"
+        token = "inline-token-0123456789abcdef"
+        [[receivers.otlp.auth.tokens]]
+        tenant = "b"
+        token_file = {token_file:?}
+        [[receivers.otlp.auth.tokens]]
+        tenant = "c"
+        token_env = "TOKEN_C"
+
+        [[destinations]]
+        name = "central"
+        endpoint = "http://collector:4317"
+        header_files = {{ "authorization" = {header_file:?} }}
+        header_env = {{ "x-api-key" = "API_KEY" }}
+
+        [[processors]]
+        type = "redact"
+        action = "hash"
+        hash_key_env = "HASH_KEY"
+        "#
+    ));
+    let vars = env(&[
+        ("TOKEN_C", "env-token-0123456789abcdef"),
+        ("API_KEY", "env-api-key-secret"),
+        ("HASH_KEY", "env-hash-key-0123456789"),
+    ]);
+    let cfg = Config::load(Some(f.path()), &vars).unwrap();
+    let tokens: Vec<&str> = cfg
+        .receivers
+        .otlp
+        .auth
+        .tokens
+        .iter()
+        .map(|t| t.resolved.as_str())
+        .collect();
+    assert_eq!(
+        tokens,
+        [
+            "inline-token-0123456789abcdef",
+            "file-token-0123456789abcdef",
+            "env-token-0123456789abcdef"
+        ]
+    );
+    let h = &cfg.destinations[0].headers;
+    assert_eq!(h["authorization"], "Bearer header-file-secret");
+    assert_eq!(h["x-api-key"], "env-api-key-secret");
+    let shown = cfg.to_redacted_toml();
+    for secret in [
+        "inline-token",
+        "file-token",
+        "env-token",
+        "header-file-secret",
+        "env-api-key-secret",
+        "env-hash-key",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    assert!(
+        shown.contains("TOKEN_C") && shown.contains("HASH_KEY"),
+        "{shown}"
+    );
+
+    // Errors name the key and the source, never the value.
+    let e = Config::load(Some(f.path()), &env(&[("TOKEN_C", "x")]))
+        .unwrap_err()
+        .0;
+    assert!(
+        e.contains("tokens[2].token") && e.contains("shorter than 16"),
+        "{e}"
+    );
+    assert!(!e.contains("inline-token"), "{e}");
+    let e = Config::load(Some(f.path()), &env(&[])).unwrap_err().0;
+    assert!(e.contains("TOKEN_C is not set"), "{e}");
+}
+
+#[test]
+fn tls_and_processor_mistakes_name_the_key() {
+    for (text, want) in [
+        (
+            "[receivers.otlp.tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n",
+            "receivers.otlp.tls.cert_file /nonexistent/c.pem",
+        ),
+        (
+            "[[destinations]]\nname = \"d\"\nendpoint = \"http://x:1\"\ntls.insecure_skip_verify = true\n",
+            "destinations[0].tls: the endpoint \"http://x:1\" is plain http://",
+        ),
+        (
+            "[[destinations]]\nname = \"d\"\nendpoint = \"https://x:1\"\ntls.cert_file = \"/c\"\n",
+            "destinations[0].tls: cert_file and key_file go together",
+        ),
+        (
+            "[[processors]]\ntype = \"sample\"\nrate = 1.5\n",
+            "processors[0].rate must be between 0.0 and 1.0",
+        ),
+        (
+            "[[processors]]\ntype = \"redact\"\naction = \"hash\"\n",
+            "processors[0]: action = \"hash\" needs hash_key",
+        ),
+        (
+            "[[processors]]\ntype = \"redact\"\n[[processors.custom_patterns]]\nname = \"x\"\nregex = \"(\"\n",
+            "processors[0].custom_patterns[0].regex: not a valid regex",
+        ),
+        (
+            "[[processors]]\ntype = \"filter\"\n[[processors.drop]]\n",
+            "processors[0].drop[0]: no condition",
+        ),
+        ("[[processors]]\ntype = \"shred\"\n", "unknown variant `shred`"),
+        (
+            "[[processors]]\ntype = \"limits\"\nmax_attributes = 0\n",
+            "processors[0].max_attributes must be at least 1",
+        ),
+    ] {
+        let e = load_err(text, &[]);
+        assert!(e.contains(want), "{text}\n→ {e}\n(wanted {want})");
     }
 }

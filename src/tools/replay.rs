@@ -58,6 +58,9 @@ pub(super) fn adhoc_destination(
         compression: Compression::None,
         max_in_flight: IN_FLIGHT,
         retry: RetryConfig::default(),
+        header_files: Default::default(),
+        header_env: Default::default(),
+        tls: Default::default(),
     };
     d.export_uri()
         .map_err(|e| ToolError(format!("--endpoint {endpoint:?}: {e}")))?;
