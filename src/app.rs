@@ -32,7 +32,8 @@ use crate::export::client::Client;
 use crate::export::{DestinationStatus, Worker};
 use crate::ledger::{self, ms, now_ms, Entry, Ledger};
 use crate::metrics::Metrics;
-use crate::receiver::{grpc, http, Ingest};
+use crate::receiver::tls::TlsServer;
+use crate::receiver::{grpc, http, server, Ingest};
 use crate::state::{DestinationState, State, WalState};
 
 /// Why `run` failed to start or stopped abnormally.
@@ -47,7 +48,8 @@ fn err(context: &str) -> impl FnOnce(String) -> RunError + '_ {
 pub async fn run(cfg: Config) -> Result<(), RunError> {
     crate::metrics::mark_start();
     let stop = CancellationToken::new();
-    spawn_signal_handler(stop.clone());
+    let hup = Arc::new(tokio::sync::Notify::new());
+    spawn_signal_handler(stop.clone(), hup.clone());
     let names: Vec<String> = cfg.destinations.iter().map(|d| d.name.clone()).collect();
     let metrics = Metrics::new(&names);
 
@@ -197,16 +199,50 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let mut receivers = tokio::task::JoinSet::new();
     let max_req = otlp.max_request_bytes.0 as usize;
     let max_dec = otlp.max_decompressed_bytes.0 as usize;
+    let limits = server::Limits {
+        max_connections: otlp.max_connections,
+        max_concurrent_streams: otlp.max_concurrent_streams,
+        header_read_timeout: otlp.header_read_timeout.0,
+        body_read_timeout: otlp.body_read_timeout.0,
+    };
+    let tls = match &otlp.tls {
+        Some(t) => Some(
+            TlsServer::load(t).map_err(|e| RunError(format!("receivers.otlp.tls: {e}")))?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "TLS" } else { "plaintext" };
     if let Some(l) = grpc_listener {
-        tracing::info!(address = %local(&l), "OTLP/gRPC receiver listening");
+        tracing::info!(address = %local(&l), transport = scheme, "OTLP/gRPC receiver listening");
         let svc = grpc::trace_service(ingest.clone(), max_req, max_dec);
-        receivers.spawn(grpc::serve(l, svc, stop.clone()));
+        let rx = server::Receiver {
+            name: "grpc",
+            router: grpc::router(svc),
+            tls: tls.clone(),
+            limits: limits.clone(),
+            metrics: metrics.clone(),
+        };
+        receivers.spawn(server::serve(l, rx, stop.clone()));
     }
     if let Some(l) = http_listener {
-        tracing::info!(address = %local(&l), "OTLP/HTTP receiver listening");
-        let app = http::router(ingest.clone(), max_req, max_dec);
-        receivers.spawn(http::serve(l, app, stop.clone()));
+        tracing::info!(address = %local(&l), transport = scheme, "OTLP/HTTP receiver listening");
+        let rx = server::Receiver {
+            name: "http",
+            router: http::router(ingest.clone(), max_req, max_dec),
+            tls: tls.clone(),
+            limits: limits.clone(),
+            metrics: metrics.clone(),
+        };
+        receivers.spawn(server::serve(l, rx, stop.clone()));
     }
+    let tls_task = tls.clone().map(|t| {
+        tokio::spawn(crate::receiver::tls::watch(
+            t,
+            hup.clone(),
+            metrics.clone(),
+            stop.clone(),
+        ))
+    });
     ready.receivers_up.store(true, Ordering::Relaxed);
     let admin_stop = CancellationToken::new();
     let admin_task = admin_listener.map(|l| {
@@ -295,6 +331,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     {
         tracing::warn!(timeout = ?grace, "requests still in flight after the shutdown timeout; closing their connections");
         receivers.shutdown().await;
+    }
+    if let Some(t) = tls_task {
+        let _ = t.await;
     }
     // 3. Replay workers.
     workers_stop.cancel();
@@ -516,28 +555,38 @@ fn log_damage(l: &tracespool_storage::LostRange) {
 }
 
 /// SIGTERM or SIGINT cancels `stop`; a second one exits at once.
-fn spawn_signal_handler(stop: CancellationToken) {
+/// SIGTERM/SIGINT stop (a second one exits at once); SIGHUP reloads what can be
+/// reloaded without a restart (the receivers' TLS certificate).
+fn spawn_signal_handler(stop: CancellationToken, hup: Arc<tokio::sync::Notify>) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hangup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
-        for n in 0.. {
+        let mut stops = 0;
+        loop {
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
+                _ = hangup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "signal received: reloading TLS files");
+                    hup.notify_one();
+                    continue;
+                }
             };
-            if n == 0 {
+            if stops == 0 {
                 tracing::info!(signal = name, "signal received");
                 stop.cancel();
             } else {
                 tracing::warn!(signal = name, "second signal: exiting now");
                 std::process::exit(130);
             }
+            stops += 1;
         }
     });
 }

@@ -32,7 +32,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
@@ -41,6 +41,22 @@ use prometheus_client::registry::{Registry, Unit};
 pub struct ProtocolOutcome {
     pub protocol: &'static str,
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverOutcome {
+    pub receiver: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverLabel {
+    pub receiver: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,9 +94,10 @@ fn histogram() -> Histogram {
 }
 
 pub const PROTOCOLS: [&str; 3] = ["grpc", "http/protobuf", "http/json"];
-pub const RECEIVER_OUTCOMES: [&str; 8] = [
+pub const RECEIVER_OUTCOMES: [&str; 9] = [
     "accepted",
     "duplicate",
+    "unauthenticated",
     "invalid",
     "too_large",
     "unsupported_media",
@@ -88,6 +105,8 @@ pub const RECEIVER_OUTCOMES: [&str; 8] = [
     "in_flight",
     "unavailable",
 ];
+pub const RECEIVERS: [&str; 2] = ["grpc", "http"];
+pub const CONNECTION_OUTCOMES: [&str; 4] = ["accepted", "over_limit", "tls_failed", "timed_out"];
 pub const EXPORT_OUTCOMES: [&str; 4] = ["success", "retryable", "permanent", "auth"];
 pub const DROP_REASONS: [&str; 3] = ["drop_oldest", "corruption", "dead_letter"];
 
@@ -108,6 +127,9 @@ pub struct Metrics {
     pub egress_bytes: Family<DestinationLabel, Counter>,
     pub dead_letters: Family<DestinationLabel, Counter>,
     pub append_duration: Histogram,
+    pub receiver_connections: Family<ReceiverOutcome, Counter>,
+    pub receiver_open_connections: Family<ReceiverLabel, Gauge>,
+    pub tls_reloads: Family<ResultLabel, Counter>,
     /// Filled in by the app once the log and destinations exist.
     pub live: Arc<Mutex<Option<LiveState>>>,
 }
@@ -136,6 +158,9 @@ impl Metrics {
             egress_bytes: Family::default(),
             dead_letters: Family::default(),
             append_duration: histogram(),
+            receiver_connections: Family::default(),
+            receiver_open_connections: Family::default(),
+            tls_reloads: Family::default(),
             live: Arc::new(Mutex::new(None)),
             registry: Registry::default(),
         };
@@ -214,6 +239,21 @@ impl Metrics {
             Unit::Seconds,
             m.append_duration.clone(),
         );
+        registry.register(
+            "receiver_connections",
+            "Connections to the receivers, by outcome: accepted, over_limit (max_connections), tls_failed, timed_out (no handshake or first bytes in time)",
+            m.receiver_connections.clone(),
+        );
+        registry.register(
+            "receiver_open_connections",
+            "Connections open now",
+            m.receiver_open_connections.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Reloads of the receivers' TLS certificate, by result",
+            m.tls_reloads.clone(),
+        );
         registry.register_collector(Box::new(LiveCollector(m.live.clone())));
         root.register_collector(Box::new(ProcessCollector));
         m.registry = root;
@@ -226,6 +266,19 @@ impl Metrics {
                     .receiver_requests
                     .get_or_create(&ProtocolOutcome { protocol, outcome });
             }
+        }
+        for receiver in RECEIVERS {
+            let _ = m
+                .receiver_open_connections
+                .get_or_create(&ReceiverLabel { receiver });
+            for outcome in CONNECTION_OUTCOMES {
+                let _ = m
+                    .receiver_connections
+                    .get_or_create(&ReceiverOutcome { receiver, outcome });
+            }
+        }
+        for result in ["ok", "error"] {
+            let _ = m.tls_reloads.get_or_create(&ResultLabel { result });
         }
         for d in destinations {
             let dest = DestinationLabel {
@@ -281,6 +334,23 @@ impl Metrics {
         };
         self.spans_dropped.get_or_create(&label).inc_by(spans);
         self.records_dropped.get_or_create(&label).inc_by(records);
+    }
+
+    pub fn connection(&self, receiver: &'static str, outcome: &'static str) {
+        self.receiver_connections
+            .get_or_create(&ReceiverOutcome { receiver, outcome })
+            .inc();
+    }
+
+    pub fn open_connections(&self, receiver: &'static str, delta: i64) {
+        self.receiver_open_connections
+            .get_or_create(&ReceiverLabel { receiver })
+            .inc_by(delta);
+    }
+
+    pub fn tls_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.tls_reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
     pub fn dest(&self, destination: &str) -> DestinationLabel {

@@ -2,12 +2,9 @@
 //! pass-through codec, so the request bytes go to the log as the client encoded them.
 //! gzip request compression is accepted; the decompressed size is bounded.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use std::time::Instant;
 
@@ -107,20 +104,10 @@ impl ExportHandler for Receive {
 
 /// Serves OTLP/gRPC on `listener` until `stop` is cancelled, then lets in-flight
 /// requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    service: TraceService,
-    stop: CancellationToken,
-) -> Result<(), String> {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        // OTLP requests are often larger than HTTP/2's 64 KiB default window; a
-        // small window costs a round trip per 64 KiB of every request.
-        .initial_stream_window_size(4 << 20)
-        .initial_connection_window_size(16 << 20)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-        .await
-        .map_err(|e| format!("OTLP/gRPC receiver on {addr:?}: {e}"))
+
+/// The service as a router for [`super::server::serve`].
+pub fn router(service: TraceService) -> axum::Router {
+    tonic::service::Routes::new(service)
+        .prepare()
+        .into_axum_router()
 }

@@ -17,8 +17,6 @@ use axum::Router;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, Limited};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use std::time::Instant;
 
@@ -45,23 +43,6 @@ pub fn router(
             max_request_bytes,
             max_decompressed_bytes,
         })
-}
-
-/// Serves OTLP/HTTP on `listener` until `stop` is cancelled, then lets in-flight
-/// requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    stop: CancellationToken,
-) -> Result<(), String> {
-    let addr = listener.local_addr().ok();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await
-    .map_err(|e| format!("OTLP/HTTP receiver on {addr:?}: {e}"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,8 @@
 
 pub mod grpc;
 pub mod http;
+pub mod server;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
