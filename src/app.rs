@@ -195,6 +195,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         metrics.clone(),
         ledger.clone(),
         ready.clone(),
+        crate::receiver::auth::Auth::new(&otlp.auth),
     ));
     let mut receivers = tokio::task::JoinSet::new();
     let max_req = otlp.max_request_bytes.0 as usize;
@@ -206,12 +207,29 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         body_read_timeout: otlp.body_read_timeout.0,
     };
     let tls = match &otlp.tls {
-        Some(t) => Some(
-            TlsServer::load(t).map_err(|e| RunError(format!("receivers.otlp.tls: {e}")))?,
-        ),
+        Some(t) => {
+            Some(TlsServer::load(t).map_err(|e| RunError(format!("receivers.otlp.tls: {e}")))?)
+        }
         None => None,
     };
     let scheme = if tls.is_some() { "TLS" } else { "plaintext" };
+    let exposed = [&grpc_listener, &http_listener]
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.local_addr().ok())
+        .any(|a| !a.ip().is_loopback());
+    if exposed && tls.is_none() {
+        tracing::warn!("receivers listen beyond localhost without TLS ([receivers.otlp.tls]): spans cross the network in clear text");
+    }
+    if exposed && otlp.auth.tokens.is_empty() {
+        tracing::warn!("receivers listen beyond localhost without authentication ([[receivers.otlp.auth.tokens]]): anyone who reaches the port can send spans");
+    }
+    if !otlp.auth.tokens.is_empty() {
+        tracing::info!(
+            tenants = otlp.auth.tokens.len(),
+            "receivers require a bearer token"
+        );
+    }
     if let Some(l) = grpc_listener {
         tracing::info!(address = %local(&l), transport = scheme, "OTLP/gRPC receiver listening");
         let svc = grpc::trace_service(ingest.clone(), max_req, max_dec);
@@ -259,6 +277,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     let mut workers = tokio::task::JoinSet::new();
     let mut statuses = Vec::new();
     for (d, cursor) in cfg.destinations.iter().zip(&cursors) {
+        if d.is_https() && d.tls.insecure_skip_verify {
+            tracing::error!(
+                destination = %d.name,
+                endpoint = %d.endpoint,
+                "TLS certificate verification is OFF for this destination (tls.insecure_skip_verify = true): anyone on the path can read and change what is exported"
+            );
+        }
         let client =
             Client::new(d).map_err(|e| RunError(format!("destination {}: {e}", d.name)))?;
         let status = Arc::new(DestinationStatus::default());

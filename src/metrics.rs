@@ -350,7 +350,9 @@ impl Metrics {
 
     pub fn tls_reloaded(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.tls_reloads.get_or_create(&ResultLabel { result }).inc();
+        self.tls_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     pub fn dest(&self, destination: &str) -> DestinationLabel {

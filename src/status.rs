@@ -9,6 +9,8 @@
 //! | `Full`             | `RESOURCE_EXHAUSTED` + `RetryInfo`    | 429 + `Retry-After`          |
 //! | `InFlight`         | `ABORTED` + `RetryInfo`               | 503 + `Retry-After`          |
 //! | `Unavailable`      | `UNAVAILABLE`                         | 503 + `Retry-After`          |
+//! | `Unauthenticated`  | `UNAUTHENTICATED`                     | 401 + `WWW-Authenticate`     |
+//! | `TimedOut`         | `DEADLINE_EXCEEDED`                   | 408                          |
 //!
 //! The retry delay goes into `grpc-status-details-bin` as a `google.rpc.RetryInfo`
 //! (where the Go and Java SDKs read it) and into the `google.rpc.retryinfo-bin`
@@ -38,6 +40,10 @@ pub enum Rejection {
     InFlight,
     /// The log cannot store anything (it failed, or is shutting down).
     Unavailable(String),
+    /// No token, or not one of the configured tokens.
+    Unauthenticated,
+    /// The client did not send its request body in time.
+    TimedOut(String),
 }
 
 const IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
@@ -49,7 +55,11 @@ impl Rejection {
             Self::Invalid(m)
             | Self::TooLarge(m)
             | Self::UnsupportedMedia(m)
-            | Self::Unavailable(m) => m.clone(),
+            | Self::Unavailable(m)
+            | Self::TimedOut(m) => m.clone(),
+            Self::Unauthenticated => {
+                "missing or unknown bearer token (send \"authorization: Bearer <token>\")".into()
+            }
             Self::Full { detail, .. } => detail.clone(),
             Self::InFlight => {
                 "a request with the same idempotency-key is being stored right now; retry".into()
@@ -66,6 +76,8 @@ impl Rejection {
             Self::Full { .. } => "full",
             Self::InFlight => "in_flight",
             Self::Unavailable(_) => "unavailable",
+            Self::Unauthenticated => "unauthenticated",
+            Self::TimedOut(_) => "timed_out",
         }
     }
 
@@ -84,6 +96,8 @@ impl Rejection {
             Self::TooLarge(_) | Self::Full { .. } => Code::ResourceExhausted,
             Self::InFlight => Code::Aborted,
             Self::Unavailable(_) => Code::Unavailable,
+            Self::Unauthenticated => Code::Unauthenticated,
+            Self::TimedOut(_) => Code::DeadlineExceeded,
         };
         let message = self.message();
         let Some(delay) = self.retry_after() else {
@@ -115,6 +129,8 @@ impl Rejection {
             Self::UnsupportedMedia(_) => S::UNSUPPORTED_MEDIA_TYPE,
             Self::Full { .. } => S::TOO_MANY_REQUESTS,
             Self::InFlight | Self::Unavailable(_) => S::SERVICE_UNAVAILABLE,
+            Self::Unauthenticated => S::UNAUTHORIZED,
+            Self::TimedOut(_) => S::REQUEST_TIMEOUT,
         }
     }
 

@@ -616,7 +616,9 @@ impl DestinationConfig {
     }
 
     pub fn is_https(&self) -> bool {
-        self.endpoint.starts_with("https://")
+        self.endpoint
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
     }
 
     fn validate_tls(&self, key: &str) -> Result<(), ConfigError> {

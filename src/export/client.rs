@@ -48,6 +48,7 @@ impl Client {
         let timeout = cfg.timeout.0;
         match cfg.protocol {
             Protocol::Grpc => {
+                let https = uri.scheme_str() == Some("https");
                 let endpoint = Endpoint::from(uri)
                     .connect_timeout(timeout)
                     .tcp_nodelay(true)
@@ -63,8 +64,19 @@ impl Client {
                         .map_err(|e| format!("header {k:?}: {e}"))?;
                     headers.insert(key, value);
                 }
+                let channel = if https {
+                    // Our own rustls connector (tonic's TLS features are off): one
+                    // TLS setup for both protocols.
+                    let mut http = HttpConnector::new();
+                    http.enforce_http(false);
+                    http.set_nodelay(true);
+                    http.set_connect_timeout(Some(timeout));
+                    endpoint.connect_with_connector_lazy(super::tls::connector(cfg, http, true)?)
+                } else {
+                    endpoint.connect_lazy()
+                };
                 Ok(Self::Grpc(GrpcClient {
-                    channel: endpoint.connect_lazy(),
+                    channel,
                     headers,
                     timeout,
                     gzip: cfg.compression == Compression::Gzip,
@@ -72,8 +84,10 @@ impl Client {
             }
             Protocol::Http => {
                 let mut connector = HttpConnector::new();
+                connector.enforce_http(false);
                 connector.set_nodelay(true);
                 connector.set_connect_timeout(Some(timeout));
+                let connector = super::tls::connector(cfg, connector, false)?;
                 let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(Duration::from_secs(60))
                     .build(connector);
@@ -193,7 +207,10 @@ pub fn classify_grpc(status: &tonic::Status) -> Sent {
 
 #[derive(Clone)]
 pub struct HttpClient {
-    client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<HttpConnector>,
+        Full<Bytes>,
+    >,
     uri: http::Uri,
     headers: http::HeaderMap,
     timeout: Duration,

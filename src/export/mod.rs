@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod retry;
+pub mod tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

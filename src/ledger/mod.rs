@@ -49,6 +49,9 @@ pub enum Entry {
         protocol: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         recovered: bool,
+        /// The tenant of the client's token, when receivers authenticate.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
     },
     /// A request whose idempotency key was accepted before (as `seq`): answered
     /// with success, not stored again.
@@ -60,6 +63,8 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client: Option<String>,
         protocol: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
     },
     /// A request refused (not stored): spool full, invalid, too large, ...
     Rejected {
@@ -71,6 +76,8 @@ pub enum Entry {
         client: Option<String>,
         protocol: String,
         detail: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
     },
     /// `first_seq..=last_seq` accepted by `destination`.
     Delivered {
@@ -436,6 +443,7 @@ impl Ledger {
                         client: None,
                         protocol: "unknown".into(),
                         recovered: true,
+                        tenant: None,
                     });
                     recovered += 1;
                 }
@@ -489,6 +497,7 @@ mod tests {
             client: Some("127.0.0.1:9".into()),
             protocol: "grpc".into(),
             recovered: false,
+            tenant: None,
         };
         let line = serde_json::to_string(&e).unwrap();
         assert_eq!(
@@ -530,6 +539,7 @@ mod tests {
             client: None,
             protocol: "grpc".into(),
             recovered: false,
+            tenant: None,
         };
         l.write(&acc(12));
         l.checkpoint();

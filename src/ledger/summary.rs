@@ -323,6 +323,7 @@ mod tests {
             client: None,
             protocol: "grpc".into(),
             recovered: false,
+            tenant: None,
         }
     }
 

@@ -14,12 +14,38 @@ use super::wire::{inspect_trace_request, Summary};
 /// Converts an OTLP/JSON trace request to protobuf bytes and counts its spans.
 pub fn json_to_protobuf(body: &[u8]) -> Result<(Vec<u8>, Summary), String> {
     let req: ExportTraceServiceRequest =
-        serde_json::from_slice(body).map_err(|e| format!("invalid OTLP JSON: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| format!("invalid OTLP JSON: {}", describe(&e)))?;
     let bytes = req.encode_to_vec();
     // The same checks as a protobuf request (id lengths, for instance).
     let summary =
         inspect_trace_request(&bytes).map_err(|e| format!("invalid OTLP JSON: {}", e.what))?;
     Ok((bytes, summary))
+}
+
+/// serde_json's message without the values it quotes: it goes back to the client
+/// and into the audit ledger, which must not hold payload data.
+fn describe(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let mut out = String::with_capacity(msg.len());
+    let mut quoted = false;
+    for c in msg.chars() {
+        match c {
+            '"' if !quoted => {
+                quoted = true;
+                out.push_str("\"…");
+            }
+            '"' => {
+                quoted = false;
+                out.push('"');
+            }
+            _ if quoted => {}
+            c => out.push(c),
+        }
+    }
+    if quoted {
+        out.push('"');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -78,5 +104,19 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn errors_do_not_repeat_the_payload() {
+        let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":{"secret":"hunter2@example.com"}}]}]}]}"#;
+        let e = json_to_protobuf(body).unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(
+            e.starts_with("invalid OTLP JSON:") && e.contains("line 1"),
+            "{e}"
+        );
+        let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"not-hex-secret-value"}]}]}]}"#;
+        let e = json_to_protobuf(body).unwrap_err();
+        assert!(!e.contains("secret-value"), "{e}");
     }
 }

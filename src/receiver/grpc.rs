@@ -47,6 +47,10 @@ impl ExportHandler for Receive {
                 .metadata()
                 .get("idempotency-key")
                 .map(|v| v.as_bytes().to_vec());
+            let authorization = request
+                .metadata()
+                .get("authorization")
+                .map(|v| v.as_bytes().to_vec());
             let compressed = request
                 .metadata()
                 .get("grpc-encoding")
@@ -55,7 +59,9 @@ impl ExportHandler for Receive {
             let bytes = body.len() as u64;
             let mut spans = 0;
             let mut key = None;
+            let mut tenant = None;
             let result = async {
+                tenant = ingest.authenticate(authorization.as_deref())?;
                 // Uncompressed requests are bounded by the wire limit; compressed
                 // ones by the decompressed limit tonic enforced while inflating.
                 if !compressed && body.len() > max_encoded {
@@ -64,7 +70,7 @@ impl ExportHandler for Receive {
                         body.len()
                     )));
                 }
-                key = Ingest::check_key(raw_key.as_deref().unwrap_or_default())?;
+                key = Ingest::check_key(raw_key.as_deref().unwrap_or_default(), tenant.as_deref())?;
                 spans = inspect_trace_request(&body)
                     .map_err(|e| Rejection::Invalid(e.to_string()))?
                     .spans;
@@ -76,6 +82,7 @@ impl ExportHandler for Receive {
                         source: Source::Grpc,
                         peer,
                         started,
+                        tenant: tenant.clone(),
                     })
                     .await
             }
@@ -86,6 +93,7 @@ impl ExportHandler for Receive {
                 spans,
                 bytes,
                 key: key.as_ref(),
+                tenant: tenant.as_deref(),
             };
             ingest.outcome(info, &result);
             match result {
@@ -101,9 +109,6 @@ impl ExportHandler for Receive {
         })
     }
 }
-
-/// Serves OTLP/gRPC on `listener` until `stop` is cancelled, then lets in-flight
-/// requests finish.
 
 /// The service as a router for [`super::server::serve`].
 pub fn router(service: TraceService) -> axum::Router {

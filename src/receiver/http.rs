@@ -57,6 +57,7 @@ struct Seen {
     spans: u32,
     bytes: u64,
     key: Option<Bytes>,
+    tenant: Option<String>,
 }
 
 async fn export(
@@ -71,6 +72,7 @@ async fn export(
         spans: 0,
         bytes: 0,
         key: None,
+        tenant: None,
     };
     // Errors before the content type is known answer in protobuf.
     let (encoding, result) = match content_type(&headers) {
@@ -91,6 +93,7 @@ async fn export(
         spans: seen.spans,
         bytes: seen.bytes,
         key: seen.key.as_ref(),
+        tenant: seen.tenant.as_deref(),
     };
     st.ingest.outcome(info, &result);
     match result {
@@ -159,6 +162,10 @@ async fn handle(
     started: Instant,
     seen: &mut Seen,
 ) -> Result<Accepted, Rejection> {
+    // Who is asking, before anything is read.
+    seen.tenant = st
+        .ingest
+        .authenticate(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))?;
     let gzip = match headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
@@ -177,6 +184,7 @@ async fn handle(
             .get("idempotency-key")
             .map(|v| v.as_bytes())
             .unwrap_or_default(),
+        seen.tenant.as_deref(),
     )?;
     seen.key = key.clone();
     let too_large = |n: String| {
@@ -202,6 +210,8 @@ async fn handle(
                 .is_some()
             {
                 too_large("more than that".into())
+            } else if let Some(t) = find_cause::<super::server::BodyTimeout>(&*e) {
+                Rejection::TimedOut(t.to_string())
             } else {
                 Rejection::Invalid(format!("reading the request body failed: {e}"))
             }
@@ -240,21 +250,49 @@ async fn handle(
             source,
             peer: Some(peer),
             started,
+            tenant: seen.tenant.clone(),
         })
         .await
 }
 
-/// Inflates a gzip body, refusing to produce more than `limit` bytes.
+/// `e` or one of its sources, as a `T`.
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// Inflates a gzip body, refusing to produce more than `limit` bytes. Memory is
+/// bounded by the limit: the output grows in steps, never past `limit`, and a bomb
+/// is refused as soon as it crosses it.
 fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, Rejection> {
-    let mut out = Vec::with_capacity((raw.len() * 4).min(limit));
-    let mut decoder = flate2::read::MultiGzDecoder::new(raw).take(limit as u64 + 1);
-    decoder
-        .read_to_end(&mut out)
-        .map_err(|e| Rejection::Invalid(format!("invalid gzip body: {e}")))?;
-    if out.len() > limit {
-        return Err(Rejection::TooLarge(format!(
-            "request decompresses to more than receivers.otlp.max_decompressed_bytes ({limit})"
-        )));
+    let mut out: Vec<u8> = Vec::with_capacity((raw.len() * 4).min(limit));
+    let mut decoder = flate2::read::MultiGzDecoder::new(raw);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = decoder
+            .read(&mut chunk)
+            .map_err(|e| Rejection::Invalid(format!("invalid gzip body: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if out.len() + n > limit {
+            return Err(Rejection::TooLarge(format!(
+                "request decompresses to more than receivers.otlp.max_decompressed_bytes ({limit})"
+            )));
+        }
+        if out.capacity() < out.len() + n {
+            let want = (out.capacity() * 2).max(out.len() + n).min(limit);
+            out.reserve_exact(want - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
     Ok(Bytes::from(out))
 }

@@ -2,6 +2,7 @@
 //! deduplicates it by idempotency key, appends it to the log, and answers only once
 //! the record is durable. Receivers never talk to exporters; they meet in the log.
 
+pub mod auth;
 pub mod grpc;
 pub mod http;
 pub mod server;
@@ -51,6 +52,8 @@ pub struct Batch {
     pub peer: Option<SocketAddr>,
     /// When the request started arriving (for the ack-latency histogram).
     pub started: Instant,
+    /// Who sent it, when receivers authenticate.
+    pub tenant: Option<String>,
 }
 
 /// A request answered with success.
@@ -71,6 +74,7 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     ledger: Arc<Ledger>,
     ready: Arc<Readiness>,
+    auth: Option<auth::Auth>,
 }
 
 /// What a receiver knows of a request, for metrics and the ledger.
@@ -82,6 +86,7 @@ pub struct RequestInfo<'a> {
     pub spans: u32,
     pub bytes: u64,
     pub key: Option<&'a Bytes>,
+    pub tenant: Option<&'a str>,
 }
 
 impl Ingest {
@@ -92,6 +97,7 @@ impl Ingest {
         metrics: Arc<Metrics>,
         ledger: Arc<Ledger>,
         ready: Arc<Readiness>,
+        auth: Option<auth::Auth>,
     ) -> Self {
         Self {
             wal,
@@ -101,6 +107,7 @@ impl Ingest {
             metrics,
             ledger,
             ready,
+            auth,
         }
     }
 
@@ -133,6 +140,7 @@ impl Ingest {
                 spans: req.spans,
                 client,
                 protocol: protocol.into(),
+                tenant: req.tenant.map(str::to_string),
             }),
             Err(r) => {
                 if matches!(r, Rejection::Full { .. }) {
@@ -146,23 +154,43 @@ impl Ingest {
                     client,
                     protocol: protocol.into(),
                     detail: r.message(),
+                    tenant: req.tenant.map(str::to_string),
                 });
             }
         }
     }
 
-    /// Checks an idempotency key as received in a header or metadata entry.
-    pub fn check_key(raw: &[u8]) -> Result<Option<Bytes>, Rejection> {
+    /// With receiver tokens configured: the tenant of the request's bearer token,
+    /// or `Unauthenticated`. Without: `None`.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Option<String>, Rejection> {
+        match &self.auth {
+            None => Ok(None),
+            Some(a) => a
+                .tenant(authorization)
+                .map(|t| Some(t.to_string()))
+                .ok_or(Rejection::Unauthenticated),
+        }
+    }
+
+    /// Checks an idempotency key as received in a header or metadata entry. With a
+    /// tenant, the key is scoped to it (`<tenant>:<key>`): tenants cannot
+    /// deduplicate each other's batches away.
+    pub fn check_key(raw: &[u8], tenant: Option<&str>) -> Result<Option<Bytes>, Rejection> {
         if raw.is_empty() {
             return Ok(None);
         }
-        if raw.len() > MAX_KEY_LEN {
+        let scoped = match tenant {
+            Some(t) => [t.as_bytes(), b":", raw].concat(),
+            None => raw.to_vec(),
+        };
+        if scoped.len() > MAX_KEY_LEN {
             return Err(Rejection::Invalid(format!(
-                "idempotency-key is {} bytes, at most {MAX_KEY_LEN} are allowed",
-                raw.len()
+                "idempotency-key is {} bytes, at most {} are allowed",
+                raw.len(),
+                MAX_KEY_LEN - (scoped.len() - raw.len())
             )));
         }
-        Ok(Some(Bytes::copy_from_slice(raw)))
+        Ok(Some(Bytes::from(scoped)))
     }
 
     /// Stores a batch; resolves once it is durable (or known as a duplicate).
@@ -198,6 +226,7 @@ impl Ingest {
         let (spans, bytes) = (batch.spans, record.payload.len() as u64);
         let (protocol, client) = (batch.source.as_str(), batch.peer.map(|p| p.to_string()));
         let started = batch.started;
+        let tenant = batch.tenant;
         // The append and its bookkeeping run to completion even if the client goes
         // away meanwhile: a stored record always has its ledger entry and its key
         // indexed, before the client hears of it.
@@ -219,6 +248,7 @@ impl Ingest {
                     client,
                     protocol: protocol.into(),
                     recovered: false,
+                    tenant,
                 });
                 if let Some(key) = &key {
                     dedup.record(key, a.seq, received_at);

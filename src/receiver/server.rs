@@ -133,12 +133,13 @@ async fn serve_connection(
         }
         None => {
             // A connection that sends nothing is not worth a slot.
-            match tokio::time::timeout(deadline, stream.readable()).await {
-                Ok(Ok(())) => {
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(deadline, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {
                     rx.metrics.connection(rx.name, "accepted");
                     serve_http(rx, stream, peer, local, stop).await
                 }
-                Ok(Err(_)) => {}
+                Ok(_) => {}
                 Err(_) => {
                     rx.metrics.connection(rx.name, "timed_out");
                     tracing::debug!(receiver = rx.name, %peer, "connection sent nothing in time; disconnected");

@@ -88,9 +88,13 @@ fn build(cfg: &ReceiverTlsConfig) -> Result<ServerConfig, String> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{} and {}: {e}", cfg.cert_file.display(), cfg.key_file.display()))?;
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!(
+            "{} and {}: {e}",
+            cfg.cert_file.display(),
+            cfg.key_file.display()
+        )
+    })?;
     // gRPC needs h2; OTLP/HTTP clients speak either.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)

@@ -422,6 +422,7 @@ mod tests {
             client: None,
             protocol: "grpc".into(),
             recovered: false,
+            tenant: None,
         }];
         assert_eq!(
             seqs_of_key(&e, Some("tsp-1"), "client-a"),

@@ -13,6 +13,7 @@ the exporter logged (e.g. RESOURCE_EXHAUSTED, 429).
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -48,17 +49,25 @@ class Codes(logging.Handler):
 
 
 def make_batches(args):
-    resource = Resource.create({"service.name": args.service, "test.run": args.prefix, "host.kind": "edge"})
+    # Extra attributes per scope: {"resource": {...}, "scope": {...}, "span": {...},
+    # "event": {...}, "link": {...}}.
+    extra = {}
+    if args.attributes_json:
+        with open(args.attributes_json) as f:
+            extra = json.load(f)
+    resource = Resource.create({"service.name": args.service, "test.run": args.prefix, "host.kind": "edge",
+                                **extra.get("resource", {})})
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("tracespool.tests", "1.0")
+    tracer = provider.get_tracer("tracespool.tests", "1.0", attributes=extra.get("scope") or None)
     batches = []
     for b in range(args.batches):
         memory.clear()
         parent = None
         for s in range(args.spans):
-            links = [Link(parent.get_span_context())] if parent is not None and s % 3 == 0 else []
+            links = ([Link(parent.get_span_context(), attributes=extra.get("link") or None)]
+                     if parent is not None and s % 3 == 0 else [])
             with tracer.start_as_current_span(
                 f"{args.prefix} op {b}.{s}",
                 kind=SpanKind.SERVER if s % 2 == 0 else SpanKind.CLIENT,
@@ -70,9 +79,10 @@ def make_batches(args):
                     "ratio": s / 10.0,
                     "tags": ["a", "b", str(s)],
                     "prefix": args.prefix,
+                    **extra.get("span", {}),
                 },
             ) as span:
-                span.add_event("step", {"n": s})
+                span.add_event("step", {"n": s, **extra.get("event", {})})
                 if s % 5 == 4:
                     span.set_status(Status(StatusCode.ERROR, "boom"))
                 if parent is None:
@@ -82,12 +92,28 @@ def make_batches(args):
 
 
 def exporter(args, key):
-    headers = {"idempotency-key": key} if key else None
+    headers = dict(h.split("=", 1) for h in args.header)
+    if key:
+        headers["idempotency-key"] = key
+    headers = headers or None
+    tls = args.endpoint.startswith("https://")
     if args.protocol == "grpc":
-        return GrpcExporter(endpoint=args.endpoint, insecure=True, headers=headers, timeout=args.attempt_timeout,
+        # The gRPC exporter takes its CA bundle and client certificate from the
+        # standard variables (OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE, ...).
+        for var, value in (("CERTIFICATE", args.ca_file), ("CLIENT_CERTIFICATE", args.client_cert),
+                           ("CLIENT_KEY", args.client_key)):
+            if value:
+                os.environ[f"OTEL_EXPORTER_OTLP_TRACES_{var}"] = value
+        return GrpcExporter(endpoint=args.endpoint, insecure=not tls, headers=headers, timeout=args.attempt_timeout,
                             compression=GrpcCompression.Gzip if args.gzip else None)
+    extra = {}
+    if args.ca_file:
+        extra["certificate_file"] = args.ca_file
+    if args.client_cert:
+        extra["client_certificate_file"] = args.client_cert
+        extra["client_key_file"] = args.client_key
     return HttpExporter(endpoint=args.endpoint, headers=headers, timeout=args.attempt_timeout,
-                        compression=HttpCompression.Gzip if args.gzip else HttpCompression.NoCompression)
+                        compression=HttpCompression.Gzip if args.gzip else HttpCompression.NoCompression, **extra)
 
 
 def describe(span):
@@ -113,6 +139,11 @@ def main():
     p.add_argument("--attempt-timeout", type=float, default=10.0)
     p.add_argument("--deadline", type=float, default=60.0, help="seconds to keep retrying a batch")
     p.add_argument("--pause", type=float, default=0.0, help="seconds between batches")
+    p.add_argument("--header", action="append", default=[], help="NAME=VALUE sent with every export")
+    p.add_argument("--ca-file", help="CA bundle to verify an https:// endpoint with")
+    p.add_argument("--client-cert", help="client certificate (PEM), for mTLS")
+    p.add_argument("--client-key", help="its private key (PEM)")
+    p.add_argument("--attributes-json", help="a JSON file of attributes per scope to put on every span (see make_batches)")
     args = p.parse_args()
 
     # The exporters' warnings go to stderr (the tests watch them) and are counted.

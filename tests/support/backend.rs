@@ -69,10 +69,21 @@ pub struct Backend {
     pub addr: SocketAddr,
     state: Arc<State>,
     server: Option<JoinHandle<()>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Backend {
     pub async fn start(kind: Kind) -> Self {
+        Self::start_with(kind, None).await
+    }
+
+    /// A backend behind TLS (the acceptor holds its certificate, and a client CA
+    /// when it requires client certificates).
+    pub async fn start_tls(kind: Kind, tls: tokio_rustls::TlsAcceptor) -> Self {
+        Self::start_with(kind, Some(tls)).await
+    }
+
+    async fn start_with(kind: Kind, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
@@ -82,6 +93,7 @@ impl Backend {
             addr,
             state,
             server: None,
+            tls,
         };
         b.serve(listener);
         b
@@ -89,9 +101,10 @@ impl Backend {
 
     /// The endpoint a tracespool destination uses.
     pub fn endpoint(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         match self.kind {
-            Kind::Grpc => format!("http://{}", self.addr),
-            Kind::Http => format!("http://{}/v1/traces", self.addr),
+            Kind::Grpc => format!("{scheme}://{}", self.addr),
+            Kind::Http => format!("{scheme}://{}/v1/traces", self.addr),
         }
     }
 
@@ -116,6 +129,7 @@ impl Backend {
         };
         // Our own accept loop, so stopping the server also closes every connection
         // it accepted (a plain abort of `axum::serve` would leave them serving).
+        let tls = self.tls.clone();
         self.server = Some(tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
@@ -123,12 +137,25 @@ impl Backend {
                     continue;
                 };
                 let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+                let tls = tls.clone();
                 connections.spawn(async move {
-                    let _ = hyper_util::server::conn::auto::Builder::new(
+                    let builder = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+                    );
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                                    .await;
+                            }
+                        }
+                    }
                 });
                 while connections.try_join_next().is_some() {}
             }

@@ -57,6 +57,10 @@ pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> PyClient {
         .arg(script())
         .args(args)
         .env("PYTHONUNBUFFERED", "1")
+        // These would override the CA file a test passes (requests prefers them).
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
+        .env_remove("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH")
         .stdin(Stdio::null())
         .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
         .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))

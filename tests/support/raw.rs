@@ -95,6 +95,30 @@ pub async fn grpc_export(
     .map(|_| ())
 }
 
+/// Like [`grpc_export`], with the message gzip-compressed by the client.
+pub async fn grpc_export_gzip(endpoint: &str, body: Vec<u8>) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .max_encoding_message_size(usize::MAX);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut req = tonic::Request::new(Bytes::from(body));
+    req.set_timeout(Duration::from_secs(30));
+    grpc.unary::<Bytes, Bytes, _>(
+        req,
+        http::uri::PathAndQuery::from_static(EXPORT_PATH),
+        RawCodec,
+    )
+    .await
+    .map(|_| ())
+}
+
 /// An HTTP response, as the test sees it.
 #[derive(Debug)]
 pub struct HttpAnswer {

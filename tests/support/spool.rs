@@ -98,6 +98,12 @@ impl Spool {
         }
     }
 
+    /// Appends TOML to the generated config (before `start`).
+    pub fn append_config(&self, text: &str) {
+        let mut f = OpenOptions::new().append(true).open(&self.config).unwrap();
+        writeln!(f, "\n{text}").unwrap();
+    }
+
     /// Starts the process and waits until it says it is running.
     pub fn start(&mut self) -> &mut Self {
         assert!(self.child.is_none(), "already running");
