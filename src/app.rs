@@ -188,15 +188,25 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             dedup_keys: Arc::new(move || dedup.keys()),
         });
     }
-    let ingest = Arc::new(Ingest::new(
-        wal.clone(),
-        dedup.clone(),
-        otlp.retry_after.0,
-        metrics.clone(),
-        ledger.clone(),
-        ready.clone(),
-        crate::receiver::auth::Auth::new(&otlp.auth),
-    ));
+    let pipeline = crate::process::Pipeline::new(&cfg.processors, &metrics).map_err(RunError)?;
+    match &pipeline {
+        Some(p) => {
+            tracing::info!(stages = ?p.describe(), "processors: every request is decoded, processed and re-encoded before it is stored")
+        }
+        None => tracing::debug!("no processors: requests are stored as received"),
+    }
+    let ingest = Arc::new(
+        Ingest::new(
+            wal.clone(),
+            dedup.clone(),
+            otlp.retry_after.0,
+            metrics.clone(),
+            ledger.clone(),
+            ready.clone(),
+            crate::receiver::auth::Auth::new(&otlp.auth),
+        )
+        .with_pipeline(pipeline),
+    );
     let mut receivers = tokio::task::JoinSet::new();
     let max_req = otlp.max_request_bytes.0 as usize;
     let max_dec = otlp.max_decompressed_bytes.0 as usize;

@@ -33,6 +33,7 @@ pub mod instance;
 pub mod ledger;
 pub mod metrics;
 pub mod otlp;
+pub mod process;
 pub mod receiver;
 pub mod state;
 pub mod status;

@@ -22,6 +22,11 @@
 //! | `tracespool_backlog_spans`, `_records`, `_bytes`, `_oldest_age_seconds` | destination | waiting for delivery |
 //! | `tracespool_dead_letters_total` | destination | records refused permanently |
 //! | `tracespool_dedup_keys` | | idempotency keys remembered |
+//! | `tracespool_redacted_attributes_total` | rule | attributes a `redact` rule changed |
+//! | `tracespool_spans_sampled_out_total` | service | spans a `sample` processor left out (service: a configured one, or `other`) |
+//! | `tracespool_sample_rate` | service | the configured rate in effect |
+//! | `tracespool_spans_filtered_total` | filter | spans a `filter` processor dropped |
+//! | `tracespool_limits_applied_total` | limit | attributes_dropped, values_truncated, events_dropped, links_dropped, requests_refused |
 //! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_start_time_seconds` | | the process |
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +67,26 @@ pub struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabel {
     pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterLabel {
+    pub filter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +155,11 @@ pub struct Metrics {
     pub receiver_connections: Family<ReceiverOutcome, Counter>,
     pub receiver_open_connections: Family<ReceiverLabel, Gauge>,
     pub tls_reloads: Family<ResultLabel, Counter>,
+    pub redacted_attributes: Family<RuleLabel, Counter>,
+    pub spans_sampled_out: Family<ServiceLabel, Counter>,
+    pub sample_rate: Family<ServiceLabel, Gauge<f64, AtomicU64>>,
+    pub spans_filtered: Family<FilterLabel, Counter>,
+    pub limits_applied: Family<LimitLabel, Counter>,
     /// Filled in by the app once the log and destinations exist.
     pub live: Arc<Mutex<Option<LiveState>>>,
 }
@@ -161,6 +191,11 @@ impl Metrics {
             receiver_connections: Family::default(),
             receiver_open_connections: Family::default(),
             tls_reloads: Family::default(),
+            redacted_attributes: Family::default(),
+            spans_sampled_out: Family::default(),
+            sample_rate: Family::default(),
+            spans_filtered: Family::default(),
+            limits_applied: Family::default(),
             live: Arc::new(Mutex::new(None)),
             registry: Registry::default(),
         };
@@ -253,6 +288,31 @@ impl Metrics {
             "tls_reloads",
             "Reloads of the receivers' TLS certificate, by result",
             m.tls_reloads.clone(),
+        );
+        registry.register(
+            "redacted_attributes",
+            "Attributes changed by a redact rule (deny_keys, a built-in pattern or a custom one)",
+            m.redacted_attributes.clone(),
+        );
+        registry.register(
+            "spans_sampled_out",
+            "Spans left out by head sampling (service: a configured one, or other)",
+            m.spans_sampled_out.clone(),
+        );
+        registry.register(
+            "sample_rate",
+            "The head-sampling rate in effect, by service (other: the default rate)",
+            m.sample_rate.clone(),
+        );
+        registry.register(
+            "spans_filtered",
+            "Spans dropped by a filter processor",
+            m.spans_filtered.clone(),
+        );
+        registry.register(
+            "limits_applied",
+            "What the limits processor cut: attributes_dropped, values_truncated, events_dropped, links_dropped, requests_refused",
+            m.limits_applied.clone(),
         );
         registry.register_collector(Box::new(LiveCollector(m.live.clone())));
         root.register_collector(Box::new(ProcessCollector));

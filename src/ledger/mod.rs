@@ -31,6 +31,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::process::Removed;
+
 /// One line of the ledger.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -50,6 +52,23 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         recovered: bool,
         /// The tenant of the client's token, when receivers authenticate.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
+        /// Spans the processors took out before the batch was stored (`spans`
+        /// counts what was stored).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        removed: Option<Removed>,
+    },
+    /// A request the processors emptied (every span sampled out or filtered):
+    /// answered with success, nothing stored.
+    Discarded {
+        t: u64,
+        /// Spans received.
+        spans: u32,
+        removed: Removed,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        protocol: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tenant: Option<String>,
     },
@@ -444,6 +463,7 @@ impl Ledger {
                         protocol: "unknown".into(),
                         recovered: true,
                         tenant: None,
+                        removed: None,
                     });
                     recovered += 1;
                 }
@@ -498,6 +518,7 @@ mod tests {
             protocol: "grpc".into(),
             recovered: false,
             tenant: None,
+            removed: None,
         };
         let line = serde_json::to_string(&e).unwrap();
         assert_eq!(
@@ -540,6 +561,7 @@ mod tests {
             protocol: "grpc".into(),
             recovered: false,
             tenant: None,
+            removed: None,
         };
         l.write(&acc(12));
         l.checkpoint();

@@ -72,6 +72,11 @@ pub struct Summary {
     pub deduplicated: Count,
     /// Refused requests, by reason.
     pub rejected: BTreeMap<String, Count>,
+    /// Spans the processors took out before storing, by why (sampled, filtered):
+    /// answered with success, never stored, so outside the per-destination balance.
+    pub removed_by_processors: BTreeMap<String, u64>,
+    /// Requests the processors emptied entirely (records: requests; spans: received).
+    pub discarded: Count,
     pub destinations: Vec<DestinationSummary>,
     pub balanced: bool,
 }
@@ -139,8 +144,23 @@ pub fn summarize(
     let mut destinations: BTreeSet<String> = BTreeSet::new();
     for e in entries {
         match e {
-            Entry::Accepted { t, seq, spans, .. } if in_window(*t) => {
+            Entry::Accepted {
+                t,
+                seq,
+                spans,
+                removed,
+                ..
+            } if in_window(*t) => {
                 accepted.entry(*seq).or_insert(*spans as u64);
+                if let Some(r) = removed {
+                    add_removed(&mut s.removed_by_processors, r);
+                }
+            }
+            Entry::Discarded {
+                t, spans, removed, ..
+            } if in_window(*t) => {
+                s.discarded.add(*spans as u64);
+                add_removed(&mut s.removed_by_processors, removed);
             }
             Entry::Deduplicated { t, spans, .. } if in_window(*t) => {
                 s.deduplicated.add(*spans as u64)
@@ -256,9 +276,18 @@ pub fn summarize(
     s
 }
 
+fn add_removed(to: &mut BTreeMap<String, u64>, r: &crate::process::Removed) {
+    for (why, n) in [("sampled", r.sampled), ("filtered", r.filtered)] {
+        if n > 0 {
+            *to.entry(why.to_string()).or_default() += n;
+        }
+    }
+}
+
 pub fn entry_time(e: &Entry) -> u64 {
     match e {
         Entry::Accepted { t, .. }
+        | Entry::Discarded { t, .. }
         | Entry::Deduplicated { t, .. }
         | Entry::Rejected { t, .. }
         | Entry::Delivered { t, .. }
@@ -324,6 +353,7 @@ mod tests {
             protocol: "grpc".into(),
             recovered: false,
             tenant: None,
+            removed: None,
         }
     }
 

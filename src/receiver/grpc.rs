@@ -98,7 +98,7 @@ impl ExportHandler for Receive {
             ingest.outcome(info, &result);
             match result {
                 // An empty ExportTraceServiceResponse: everything accepted.
-                Ok(Accepted::Stored { .. } | Accepted::Duplicate { .. }) => {
+                Ok(Accepted::Stored { .. } | Accepted::Duplicate { .. } | Accepted::Discarded) => {
                     Ok(tonic::Response::new(Bytes::new()))
                 }
                 Err(r) => {

@@ -20,6 +20,7 @@ use crate::dedup::{Begin, Dedup};
 use crate::ledger::{ms, now_ms, Entry, Ledger};
 use crate::metrics::{Metrics, ProtocolLabel};
 use crate::otlp::CODEC_OTLP_TRACES_PROTOBUF;
+use crate::process::Pipeline;
 pub use crate::status::Rejection;
 use crate::throttle::Throttle;
 
@@ -63,6 +64,9 @@ pub enum Accepted {
     Stored { seq: u64 },
     /// Its idempotency key was accepted before (as this seq); not stored again.
     Duplicate { seq: u64 },
+    /// The processors left no span in it (all sampled out or filtered): nothing to
+    /// store, and the ledger says why.
+    Discarded,
 }
 
 pub struct Ingest {
@@ -75,6 +79,7 @@ pub struct Ingest {
     ledger: Arc<Ledger>,
     ready: Arc<Readiness>,
     auth: Option<auth::Auth>,
+    pipeline: Option<Arc<Pipeline>>,
 }
 
 /// What a receiver knows of a request, for metrics and the ledger.
@@ -108,7 +113,14 @@ impl Ingest {
             ledger,
             ready,
             auth,
+            pipeline: None,
         }
+    }
+
+    /// Runs every request through `pipeline` before it is stored.
+    pub fn with_pipeline(mut self, pipeline: Option<Pipeline>) -> Self {
+        self.pipeline = pipeline.map(Arc::new);
+        self
     }
 
     /// Counts a request's outcome and writes refusals and duplicates to the ledger
@@ -116,7 +128,7 @@ impl Ingest {
     pub fn outcome(&self, req: RequestInfo<'_>, result: &Result<Accepted, Rejection>) {
         let protocol = req.source.as_str();
         let kind = match result {
-            Ok(Accepted::Stored { .. }) => "accepted",
+            Ok(Accepted::Stored { .. } | Accepted::Discarded) => "accepted",
             Ok(Accepted::Duplicate { .. }) => "duplicate",
             Err(r) => r.kind(),
         };
@@ -129,7 +141,7 @@ impl Ingest {
         }
         let client = req.peer.map(|p| p.to_string());
         match result {
-            Ok(Accepted::Stored { .. }) => {}
+            Ok(Accepted::Stored { .. } | Accepted::Discarded) => {}
             Ok(Accepted::Duplicate { seq }) => self.ledger.write(&Entry::Deduplicated {
                 t: now_ms(),
                 seq: *seq,
@@ -211,9 +223,37 @@ impl Ingest {
             },
         };
         let received_at = SystemTime::now();
+        let (payload, spans, removed) = match &self.pipeline {
+            None => (batch.protobuf, batch.spans, None),
+            Some(p) => {
+                let p = p.clone();
+                let body = batch.protobuf;
+                // Decoding and encoding a large request is CPU work: off the
+                // runtime's threads.
+                let out = tokio::task::spawn_blocking(move || p.run(&body))
+                    .await
+                    .map_err(|e| {
+                        Rejection::Unavailable(format!("processing the request failed: {e}"))
+                    })??;
+                if out.spans == 0 && out.removed.total() > 0 {
+                    self.ledger.write(&Entry::Discarded {
+                        t: ms(received_at),
+                        spans: batch.spans,
+                        removed: out.removed,
+                        client: batch.peer.map(|p| p.to_string()),
+                        protocol: batch.source.as_str().into(),
+                        tenant: batch.tenant,
+                    });
+                    drop(guard);
+                    return Ok(Accepted::Discarded);
+                }
+                let removed = Some(out.removed).filter(|r| r.total() > 0);
+                (out.protobuf, out.spans, removed)
+            }
+        };
         let record = NewRecord {
-            payload: batch.protobuf,
-            span_count: batch.spans,
+            payload,
+            span_count: spans,
             codec: CODEC_OTLP_TRACES_PROTOBUF,
             idempotency_key: batch.key.clone().unwrap_or_default(),
             received_at,
@@ -223,7 +263,7 @@ impl Ingest {
         let ledger = self.ledger.clone();
         let metrics = self.metrics.clone();
         let key = batch.key;
-        let (spans, bytes) = (batch.spans, record.payload.len() as u64);
+        let bytes = record.payload.len() as u64;
         let (protocol, client) = (batch.source.as_str(), batch.peer.map(|p| p.to_string()));
         let started = batch.started;
         let tenant = batch.tenant;
@@ -249,6 +289,7 @@ impl Ingest {
                     protocol: protocol.into(),
                     recovered: false,
                     tenant,
+                    removed,
                 });
                 if let Some(key) = &key {
                     dedup.record(key, a.seq, received_at);
@@ -260,7 +301,7 @@ impl Ingest {
         });
         match task.await {
             Ok(Ok(a)) => {
-                tracing::trace!(seq = a.seq, spans = batch.spans, source = batch.source.as_str(), peer = ?batch.peer, "stored");
+                tracing::trace!(seq = a.seq, spans, source = batch.source.as_str(), peer = ?batch.peer, "stored");
                 Ok(Accepted::Stored { seq: a.seq })
             }
             Ok(Err(e)) => Err(self.rejection(e)),

@@ -114,6 +114,19 @@ fn print_summary(s: &Summary) {
             rejected.join(", ")
         }
     );
+    if !s.removed_by_processors.is_empty() {
+        let removed: Vec<String> = s
+            .removed_by_processors
+            .iter()
+            .map(|(why, n)| format!("{why} {n} spans"))
+            .collect();
+        println!(
+            "taken out by processors before storing: {}; requests emptied entirely: {} ({} spans)",
+            removed.join(", "),
+            s.discarded.records,
+            s.discarded.spans
+        );
+    }
     println!();
     if s.destinations.is_empty() {
         println!("no destinations: accepted batches are kept, not forwarded");
@@ -423,6 +436,7 @@ mod tests {
             protocol: "grpc".into(),
             recovered: false,
             tenant: None,
+            removed: None,
         }];
         assert_eq!(
             seqs_of_key(&e, Some("tsp-1"), "client-a"),
