@@ -29,6 +29,8 @@ pub mod deadletter;
 pub mod dedup;
 pub mod export;
 pub mod fsio;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod instance;
 pub mod ledger;
 pub mod metrics;

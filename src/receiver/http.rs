@@ -272,7 +272,7 @@ fn find_cause<'a, T: std::error::Error + 'static>(
 /// Inflates a gzip body, refusing to produce more than `limit` bytes. Memory is
 /// bounded by the limit: the output grows in steps, never past `limit`, and a bomb
 /// is refused as soon as it crosses it.
-fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, Rejection> {
+pub fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, Rejection> {
     let mut out: Vec<u8> = Vec::with_capacity((raw.len() * 4).min(limit));
     let mut decoder = flate2::read::MultiGzDecoder::new(raw);
     let mut chunk = vec![0u8; 64 * 1024];

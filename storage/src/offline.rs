@@ -103,8 +103,26 @@ pub fn read_segment(
     with_payloads: bool,
 ) -> io::Result<SegmentContents> {
     let bytes = fs::read(&segment.path)?;
+    Ok(scan_segment(
+        &bytes,
+        segment.first_seq,
+        next_first_seq,
+        with_payloads,
+    ))
+}
+
+/// Checks every record of a segment's bytes (header included), as
+/// [`read_segment`] does for a file, with the same rules as recovery. Total: any
+/// byte pattern gives an answer, never a panic (the `wal_segment` fuzz target holds
+/// it to that). `first_seq` is the seq the file name gives (1..=`MAX_SEQ`).
+pub fn scan_segment(
+    bytes: &[u8],
+    first_seq: u64,
+    next_first_seq: Option<u64>,
+    with_payloads: bool,
+) -> SegmentContents {
     let mut out = SegmentContents::default();
-    let first = segment.first_seq;
+    let first = first_seq;
     let mut offset = RECORDS_START.min(bytes.len());
     let mut last_good = first - 1;
     let damage = |first_seq: u64, last_seq: u64, offset: usize, reason: String| LostRange {
@@ -116,7 +134,7 @@ pub fn read_segment(
         reason,
     };
     loop {
-        match scan_at(&bytes, offset, bytes.len(), last_good) {
+        match scan_at(bytes, offset, bytes.len(), last_good) {
             Scan::Frame { offset: at, frame } => {
                 let seq = frame.header.seq;
                 if seq > last_good {
@@ -176,7 +194,7 @@ pub fn read_segment(
                                 Some((d.offset as u64, (bytes.len() - d.offset) as u64))
                         }
                     }
-                    return Ok(out);
+                    return out;
                 }
             },
         }
@@ -191,7 +209,7 @@ pub fn read_segment(
             ));
         }
     }
-    Ok(out)
+    out
 }
 
 /// The record `seq`, with its payload, if it is on disk and intact.
