@@ -281,7 +281,7 @@ async fn redaction_leaves_no_flagged_value_in_any_scope_and_hashes_stay_stable_a
     assert!(!on_disk.is_empty());
     for f in FLAGGED {
         assert!(
-            memchr_find(&on_disk, f.as_bytes()).is_none(),
+            memchr::memmem::find(&on_disk, f.as_bytes()).is_none(),
             "{f:?} is in the log on disk"
         );
     }
@@ -323,10 +323,6 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// A deterministic stream of ids.
 struct SplitMix(u64);
 
@@ -340,20 +336,10 @@ impl SplitMix {
     }
 }
 
-fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
-
 fn resource_spans(service: &str, trace_ids: &[[u8; 16]], ids: &mut SplitMix) -> ResourceSpans {
     ResourceSpans {
         resource: Some(Resource {
-            attributes: vec![kv("service.name", service)],
+            attributes: vec![raw::kv("service.name", service)],
             ..Default::default()
         }),
         scope_spans: vec![ScopeSpans {
@@ -388,14 +374,13 @@ fn python_keeps(dir: &Path, rate: f64, ids: &[String]) -> BTreeSet<String> {
          for line in sys.stdin:\n    t = line.strip()\n    \
          if s.should_sample(None, int(t, 16), 'x').decision == Decision.RECORD_AND_SAMPLE: print(t)\n"
     );
-    let mut child =
-        Command::new(std::env::var("TRACESPOOL_PYTHON").unwrap_or_else(|_| "python3".into()))
-            .args(["-c", &script])
-            .current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
+    let mut child = Command::new(python::python())
+        .args(["-c", &script])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
     let mut stdin = child.stdin.take().unwrap();
     for id in ids {
         writeln!(stdin, "{id}").unwrap();

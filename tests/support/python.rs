@@ -41,7 +41,8 @@ impl PyResult {
     }
 }
 
-fn python() -> String {
+/// The interpreter the tests run (`TRACESPOOL_PYTHON`, default python3).
+pub fn python() -> String {
     std::env::var("TRACESPOOL_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 

@@ -54,7 +54,7 @@ pub fn request(prefix: &str, batch: u64, spans: usize) -> (Vec<u8>, Vec<String>)
     (req.encode_to_vec(), ids)
 }
 
-fn kv(k: &str, v: &str) -> KeyValue {
+pub fn kv(k: &str, v: &str) -> KeyValue {
     KeyValue {
         key: k.into(),
         value: Some(AnyValue {
