@@ -26,16 +26,15 @@ pub struct Limits {
 }
 
 /// Cuts `s` to at most `max` bytes at a character boundary.
-fn truncate(s: &mut String, max: usize) -> bool {
+fn truncate(s: &mut String, max: usize) {
     if s.len() <= max {
-        return false;
+        return;
     }
     let mut cut = max;
     while !s.is_char_boundary(cut) {
         cut -= 1;
     }
     s.truncate(cut);
-    true
 }
 
 impl Limits {
