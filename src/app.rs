@@ -36,10 +36,27 @@ use crate::receiver::tls::TlsServer;
 use crate::receiver::{grpc, http, server, Ingest};
 use crate::state::{DestinationState, State, WalState};
 
-/// Why `run` failed to start or stopped abnormally.
+/// Why `run` failed to start or stopped abnormally, and the exit code that says
+/// so: 2 for a start refused for a reason a restart alone does not fix (another
+/// process holds the directory, a newer format, a file that must be fixed by hand —
+/// the message names it), 1 otherwise.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RunError(pub String);
+#[error("{msg}")]
+pub struct RunError {
+    pub msg: String,
+    pub code: u8,
+}
+
+#[allow(non_snake_case)]
+pub fn RunError(msg: String) -> RunError {
+    RunError { msg, code: 1 }
+}
+
+impl RunError {
+    fn refusal(msg: String) -> Self {
+        Self { msg, code: 2 }
+    }
+}
 
 fn err(context: &str) -> impl FnOnce(String) -> RunError + '_ {
     move |e| RunError(format!("{context}: {e}"))
@@ -56,15 +73,25 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     // The ledger first: losses found while the log opens go into it.
     let dir = cfg.storage.dir.clone();
     std::fs::create_dir_all(&dir).map_err(|e| err("creating the data directory")(e.to_string()))?;
+    let ledger_dir = dir.join("ledger");
     let ledger = Arc::new(
         Ledger::open(
-            &dir.join("ledger"),
+            &ledger_dir,
             cfg.audit.file_bytes.0,
             cfg.audit_max_bytes(),
             0,
         )
-        .map_err(|e| err("opening the audit ledger")(e.to_string()))?,
+        .map_err(|e| {
+            RunError::refusal(format!(
+                "opening the audit ledger {}: {e}",
+                ledger_dir.display()
+            ))
+        })?,
     );
+    let last_entry_ms = ledger.last_entry_ms();
+    for r in ledger.take_repairs() {
+        let _ = ledger.write(&r);
+    }
     let hook = loss_hook(ledger.clone(), metrics.clone());
 
     let wal_cfg = cfg.wal_config();
@@ -72,7 +99,14 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         tokio::task::spawn_blocking(move || Wal::open_with_hook(wal_cfg, Some(hook)))
             .await
             .map_err(|e| RunError(e.to_string()))?
-            .map_err(|e| RunError(format!("opening the spool: {e}")))?;
+            .map_err(|e| {
+                let msg = format!("opening the spool: {e}");
+                if e.is_refusal() {
+                    RunError::refusal(msg)
+                } else {
+                    RunError(msg)
+                }
+            })?;
     if let Some(torn) = &report.torn_tail {
         tracing::warn!(
             segment = torn.segment,
@@ -81,36 +115,31 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             next_seq = torn.first_seq,
             "recovered from an interrupted write"
         );
-        ledger.write(&Entry::Quarantined {
-            t: now_ms(),
-            segment: torn.segment,
-            first_seq: Some(torn.first_seq),
-            bytes: torn.bytes,
-            file: torn
-                .quarantined_to
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-        });
     }
-    for q in &report.quarantined {
-        let seg = q
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.split('.').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        ledger.write(&Entry::Quarantined {
+    for r in &report.repaired {
+        tracing::error!(repair = %r, "the data directory needed repair at start");
+    }
+    if !report.clean_stop {
+        let (fsync, window_ms) = match cfg.wal_config().fsync {
+            tracespool_storage::FsyncPolicy::Always => ("always", None),
+            tracespool_storage::FsyncPolicy::Interval(d) => {
+                ("interval", Some(d.as_millis() as u64))
+            }
+            tracespool_storage::FsyncPolicy::Never => ("never", Some(1000)),
+        };
+        if window_ms.is_some() {
+            tracing::warn!(fsync, window_ms, "the last stop was not clean: batches acknowledged shortly before it may be lost (fsync is not always)");
+        }
+        let _ = ledger.write(&Entry::UncleanStop {
             t: now_ms(),
-            segment: seg,
-            first_seq: None,
-            bytes: std::fs::metadata(q).map(|m| m.len()).unwrap_or(0),
-            file: q.display().to_string(),
+            fsync: fsync.into(),
+            last_entry_ms,
+            window_ms,
         });
     }
     let events = wal.take_events().expect("events taken once");
-    let instance_id = crate::instance::load_or_create(&dir)
-        .map_err(|e| RunError(format!("instance id in {}: {e}", dir.display())))?;
+    let instance_id = crate::instance::load_or_create(&dir, &wal.id())
+        .map_err(|e| RunError::refusal(format!("instance id in {}: {e}", dir.display())))?;
     // Accepted entries lost to a crash, recovered from the log.
     {
         let (ledger, wal) = (ledger.clone(), wal.clone());
@@ -121,7 +150,10 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         })
         .await
         .map_err(|e| RunError(e.to_string()))?
-        .map_err(|e| err("recovering the audit ledger")(e.to_string()))?;
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not recover accepted entries from the log");
+            0
+        });
         if recovered > 0 {
             tracing::warn!(
                 recovered,
@@ -129,7 +161,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             );
         }
     }
-    ledger.write(&Entry::Started {
+    let _ = ledger.write(&Entry::Started {
         t: now_ms(),
         instance_id: instance_id.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -145,30 +177,40 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     };
 
     // Cursors of destinations no longer configured would hold the spool forever.
+    // Each change is in the ledger (durably) before it is made.
     let existing = wal.cursor_positions();
     for (name, position) in &existing {
         if !names.contains(name) {
             tracing::warn!(destination = %name, position, "destination no longer configured; removing its cursor");
+            ledger
+                .write(&Entry::DestinationRemoved {
+                    t: now_ms(),
+                    destination: name.clone(),
+                    at_seq: Some(wal.stats().last_seq),
+                })
+                .and_then(|()| ledger.sync())
+                .map_err(|e| {
+                    RunError(format!("recording the removal of destination {name}: {e}"))
+                })?;
             wal.remove_cursor(name)
                 .map_err(|e| RunError(format!("removing cursor {name}: {e}")))?;
-            ledger.write(&Entry::DestinationRemoved {
-                t: now_ms(),
-                destination: name.clone(),
-            });
         }
     }
     let mut cursors = Vec::new();
     for d in &cfg.destinations {
+        if !existing.iter().any(|(n, _)| n == &d.name) {
+            ledger
+                .write(&Entry::DestinationAdded {
+                    t: now_ms(),
+                    destination: d.name.clone(),
+                    from_seq: wal.oldest_retained(),
+                })
+                .and_then(|()| ledger.sync())
+                .map_err(|e| RunError(format!("recording destination {}: {e}", d.name)))?;
+        }
         let cursor = wal
             .cursor(&d.name, CursorStart::Oldest)
             .map_err(|e| RunError(format!("cursor of destination {}: {e}", d.name)))?;
-        if !existing.iter().any(|(n, _)| n == &d.name) {
-            ledger.write(&Entry::DestinationAdded {
-                t: now_ms(),
-                destination: d.name.clone(),
-                from_seq: cursor.position() + 1,
-            });
-        }
         cursors.push(cursor);
     }
 
@@ -383,11 +425,14 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         let _ = t.await;
     }
     drop(ingest);
+    if let Err(e) = ledger.sync() {
+        tracing::error!(error = %e, "syncing the audit ledger at shutdown");
+    }
     if let Err(e) = wal.flush() {
         tracing::error!(error = %e, "flushing cursor positions at shutdown");
     }
     let _ = crate::state::write(&dir, &state_now(&instance_id, &wal, &statuses, false));
-    ledger.write(&Entry::Stopped { t: now_ms() });
+    let _ = ledger.write(&Entry::Stopped { t: now_ms() });
     ledger.checkpoint();
     *metrics.live.lock().unwrap() = None;
     *ready.wal.lock().unwrap() = None;
@@ -417,46 +462,94 @@ fn local(l: &TcpListener) -> String {
     l.local_addr().map(|a| a.to_string()).unwrap_or_default()
 }
 
-/// The loss hook: every eviction and every damaged range goes into the ledger (and
-/// evictions into the metrics) before it takes effect on disk.
+/// The loss hook: every eviction, damaged range, quarantine and seq skip goes into
+/// the ledger (and evictions into the metrics) before it takes effect on disk, and
+/// durably where the change itself is durable (an unlinked segment, a moved file).
+/// An error tells the log the change must wait (an eviction is then refused).
 fn loss_hook(ledger: Arc<Ledger>, metrics: Arc<Metrics>) -> EventHook {
-    Arc::new(move |event: &WalEvent| match event {
-        WalEvent::Evicted(e) => {
-            let t = now_ms();
-            if e.per_cursor.is_empty() && e.undelivered_records > 0 {
-                // No destination at all: lost for everyone.
-                ledger.write(&Entry::Dropped {
-                    t,
-                    reason: "drop_oldest".into(),
-                    destination: None,
-                    first_seq: e.first_seq,
-                    last_seq: e.last_seq,
-                    spans: Some(e.undelivered_spans),
-                });
-            }
-            for loss in &e.per_cursor {
-                metrics.dropped("drop_oldest", &loss.cursor, loss.records, loss.spans);
-                for &(first, last) in &loss.ranges {
-                    ledger.write(&Entry::Dropped {
+    Arc::new(move |event: &WalEvent| -> Result<(), String> {
+        let write = |e: &Entry| ledger.write(e).map_err(|e| format!("audit ledger: {e}"));
+        let sync = || {
+            ledger
+                .sync()
+                .map_err(|e| format!("syncing the audit ledger: {e}"))
+        };
+        match event {
+            WalEvent::Evicted(e) => {
+                let t = now_ms();
+                if e.per_cursor.is_empty() && e.undelivered_records > 0 {
+                    // No destination at all: lost for everyone.
+                    write(&Entry::Dropped {
                         t,
                         reason: "drop_oldest".into(),
-                        destination: Some(loss.cursor.clone()),
-                        first_seq: first,
-                        last_seq: last,
-                        spans: None,
-                    });
+                        destination: None,
+                        first_seq: e.first_seq,
+                        last_seq: e.last_seq,
+                        spans: Some(e.undelivered_spans),
+                    })?;
                 }
+                for loss in &e.per_cursor {
+                    for &(first, last) in &loss.ranges {
+                        write(&Entry::Dropped {
+                            t,
+                            reason: "drop_oldest".into(),
+                            destination: Some(loss.cursor.clone()),
+                            first_seq: first,
+                            last_seq: last,
+                            spans: None,
+                        })?;
+                    }
+                }
+                sync()?;
+                for loss in &e.per_cursor {
+                    metrics.dropped("drop_oldest", &loss.cursor, loss.records, loss.spans);
+                }
+                Ok(())
             }
+            WalEvent::Damaged(l) => write(&Entry::Damaged {
+                t: now_ms(),
+                first_seq: l.first_seq,
+                last_seq: l.last_seq,
+                segment: l.segment,
+                offset: l.offset,
+                spans: l.spans,
+                detail: l.reason.clone(),
+            }),
+            WalEvent::Quarantined(q) => {
+                write(&Entry::Quarantined {
+                    t: now_ms(),
+                    segment: q.segment.unwrap_or(0),
+                    first_seq: q.first_seq,
+                    last_seq: q.last_seq,
+                    bytes: q.bytes,
+                    file: q.file.display().to_string(),
+                    reason: q.reason.clone(),
+                })?;
+                sync()
+            }
+            WalEvent::Skipped(k) => {
+                write(&Entry::SeqsSkipped {
+                    t: now_ms(),
+                    first_seq: k.first_seq,
+                    last_seq: k.last_seq,
+                    may_hold_acknowledged: k.may_hold_acknowledged,
+                    reason: k.reason.clone(),
+                })?;
+                sync()
+            }
+            WalEvent::NotDurable(l) => {
+                write(&Entry::Dropped {
+                    t: now_ms(),
+                    reason: "not_durable".into(),
+                    destination: None,
+                    first_seq: l.first_seq,
+                    last_seq: l.last_seq,
+                    spans: l.spans,
+                })?;
+                sync()
+            }
+            WalEvent::Deleting(_) => sync(),
         }
-        WalEvent::Damaged(l) => ledger.write(&Entry::Damaged {
-            t: now_ms(),
-            first_seq: l.first_seq,
-            last_seq: l.last_seq,
-            segment: l.segment,
-            offset: l.offset,
-            spans: l.spans,
-            detail: l.reason.clone(),
-        }),
     })
 }
 
@@ -571,6 +664,27 @@ async fn log_events(mut events: tokio::sync::mpsc::UnboundedReceiver<WalEvent>) 
                 }
             }
             WalEvent::Damaged(l) => log_damage(&l),
+            WalEvent::NotDurable(l) => tracing::error!(
+                reason = "not_durable",
+                first_seq = l.first_seq,
+                last_seq = l.last_seq,
+                detail = %l.reason,
+                "acknowledged spans lost: a failed fdatasync (fsync is not always)"
+            ),
+            WalEvent::Skipped(k) => tracing::warn!(
+                first_seq = k.first_seq,
+                last_seq = k.last_seq,
+                may_hold_acknowledged = k.may_hold_acknowledged,
+                reason = %k.reason,
+                "seqs skipped at start"
+            ),
+            WalEvent::Quarantined(q) => tracing::warn!(
+                file = %q.file.display(),
+                bytes = q.bytes,
+                reason = %q.reason,
+                "moved to quarantine"
+            ),
+            WalEvent::Deleting(_) => {}
         }
     }
 }

@@ -145,6 +145,13 @@ impl Dedup {
     }
 
     pub fn begin(self: &Arc<Self>, key: &Bytes) -> Begin {
+        // The lookup and the claim happen under one lock: of two requests with one
+        // key, the second sees the first either in flight or recorded (a stored
+        // request's key is recorded before its claim is released).
+        let mut in_flight = self.in_flight.lock().unwrap();
+        if in_flight.contains(key) {
+            return Begin::InFlight;
+        }
         match self.keys.get(key) {
             Ok(Some(v)) if v.len() == 16 => {
                 let at = read_be(&v[..8]);
@@ -157,9 +164,8 @@ impl Dedup {
                 tracing::error!(error = %e, "dedup index lookup failed; treating the request as new")
             }
         }
-        if !self.in_flight.lock().unwrap().insert(key.clone()) {
-            return Begin::InFlight;
-        }
+        in_flight.insert(key.clone());
+        drop(in_flight);
         Begin::New(InFlightGuard {
             dedup: self.clone(),
             key: key.clone(),

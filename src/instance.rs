@@ -8,22 +8,32 @@ use std::path::Path;
 
 const FILE: &str = "instance-id";
 
-/// Reads `<dir>/instance-id`, creating it (durably) the first time.
-pub fn load_or_create(dir: &Path) -> io::Result<String> {
+/// Reads `<dir>/instance-id`, creating it (durably) the first time. A file that
+/// holds no valid id (damage) or cannot be read is replaced by an id derived from
+/// the log's identity `wal_id` — the same at every start — with an error logged:
+/// records exported before under the old id may reach a dedup tier again under the
+/// new one (at-least-once), nothing is lost.
+pub fn load_or_create(dir: &Path, wal_id: &[u8; 16]) -> io::Result<String> {
     let path = dir.join(FILE);
-    match fs::read_to_string(&path) {
+    let derived = || {
+        format!(
+            "tsp-{}",
+            wal_id[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    };
+    match fs::read(&path).map(|b| String::from_utf8_lossy(&b).into_owned()) {
         Ok(s) => {
             let id = s.trim().to_string();
             if valid(&id) {
                 return Ok(id);
             }
-            Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{} holds {id:?}, not an instance id (letters, digits and '-', 1 to 64 characters); fix or delete it",
-                    path.display()
-                ),
-            ))
+            let new = derived();
+            tracing::error!(file = %path.display(), found = ?id, instance_id = %new, "instance id damaged; replaced by one derived from the log's identity (exports get new idempotency keys)");
+            crate::fsio::write_atomically(dir, FILE, format!("{new}\n").as_bytes())?;
+            Ok(new)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let mut raw = [0u8; 8];
@@ -36,7 +46,11 @@ pub fn load_or_create(dir: &Path) -> io::Result<String> {
             tracing::info!(instance_id = %id, file = %path.display(), "created instance id");
             Ok(id)
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            let new = derived();
+            tracing::error!(file = %path.display(), error = %e, instance_id = %new, "instance id unreadable; using one derived from the log's identity");
+            Ok(new)
+        }
     }
 }
 
@@ -68,13 +82,18 @@ mod tests {
     #[test]
     fn created_once_then_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let a = load_or_create(dir.path()).unwrap();
+        let a = load_or_create(dir.path(), &[7; 16]).unwrap();
         assert!(a.starts_with("tsp-") && a.len() == 20, "{a}");
-        assert_eq!(load_or_create(dir.path()).unwrap(), a);
+        assert_eq!(load_or_create(dir.path(), &[7; 16]).unwrap(), a);
         fs::write(dir.path().join(FILE), "not valid!\n").unwrap();
-        assert!(load_or_create(dir.path())
-            .unwrap_err()
-            .to_string()
-            .contains("not an instance id"));
+        let b = load_or_create(dir.path(), &[7; 16]).unwrap();
+        assert_eq!(b, "tsp-0707070707070707");
+        assert_eq!(
+            load_or_create(dir.path(), &[9; 16]).unwrap(),
+            b,
+            "kept once rebuilt"
+        );
+        fs::write(dir.path().join(FILE), [0xFFu8, 0xFE, b'\n']).unwrap();
+        assert_eq!(load_or_create(dir.path(), &[7; 16]).unwrap(), b);
     }
 }

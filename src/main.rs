@@ -50,9 +50,9 @@ fn main() -> ExitCode {
             match runtime.block_on(tracespool::app::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %e, "tracespool failed");
+                    tracing::error!(error = %e, exit_code = e.code, "tracespool failed");
                     eprintln!("tracespool: {e}");
-                    ExitCode::from(1)
+                    ExitCode::from(e.code)
                 }
             }
         }

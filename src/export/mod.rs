@@ -12,11 +12,19 @@
 //!   with exponential backoff and full jitter, honouring `RetryInfo`/`Retry-After`,
 //!   for as long as the record is in the log: there is no give-up timer;
 //! - auth failure → retried the same way, logged as an error on every attempt;
-//! - permanent → kept as a dead letter, then acknowledged.
+//! - permanent → kept as a dead letter (retried until the dead letter is on disk),
+//!   then acknowledged.
 //!
-//! Gaps the reader reports (records evicted by `drop_oldest`, or damaged) are
-//! acknowledged so the cursor moves on; the losses themselves are counted and
-//! logged where the log reports them (see `app.rs`).
+//! **Durable in order.** A delivery's ledger entry is written, the ledger synced,
+//! then the cursor acknowledges and persists — and only then is the export's slot
+//! free for the next record. So the records sent but not durably acknowledged never
+//! exceed `max_in_flight`: after a crash or a power cut at most that many batches
+//! per destination are delivered again, and no cursor is ever ahead of the ledger.
+//!
+//! Gaps the reader reports (records evicted by `drop_oldest`, damaged, or seqs
+//! skipped after an unclean stop) are acknowledged so the cursor moves on, once the
+//! ledger entry that explains them is durable; the losses themselves are counted
+//! and logged where the log reports them (see `app.rs`).
 
 pub mod client;
 pub mod retry;
@@ -108,6 +116,12 @@ impl Worker {
                             last_seq = gap.last_seq,
                             "skipping records no longer on disk"
                         ),
+                        GapCause::Skipped => tracing::debug!(
+                            destination = %this.name,
+                            first_seq = gap.first_seq,
+                            last_seq = gap.last_seq,
+                            "skipping seqs the log never assigned"
+                        ),
                         GapCause::Damaged(lost) => {
                             let records = gap.last_seq - gap.first_seq + 1;
                             // Span counts are known when the damaged records' headers
@@ -129,7 +143,14 @@ impl Worker {
                             );
                         }
                     }
-                    this.ack(gap.first_seq, gap.last_seq);
+                    // The entry explaining the gap (written when the log reported it)
+                    // is durable before the cursor moves past it.
+                    let ledger = this.ledger.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || ledger.sync()).await {
+                        tracing::error!(destination = %this.name, error = %e, "cannot sync the audit ledger; the gap is acknowledged later");
+                    } else {
+                        this.ack(gap.first_seq, gap.last_seq);
+                    }
                     drop(permit);
                 }
                 Ok(ReadItem::Record(record)) => {
@@ -154,28 +175,72 @@ impl Worker {
         }
     }
 
-    /// Acknowledges a record that reached its end (delivered or dead-lettered); its
-    /// ledger entry is already written. If `drop_oldest` evicted it meanwhile, it was
-    /// counted as dropped for this destination: say that it was not.
-    fn done(&self, record: &Record, how: &str) {
-        match self.cursor.ack(record.seq) {
-            Ok(ack) if ack.after_eviction => {
-                self.metrics
-                    .spans_delivered_after_eviction
-                    .get_or_create(&self.metrics.dest(&self.name))
-                    .inc_by(record.span_count as u64);
-                tracing::info!(
-                    destination = %self.name,
-                    seq = record.seq,
-                    spans = record.span_count,
-                    outcome = how,
-                    "evicted record was not dropped after all: it was in flight and completed"
-                )
+    /// Writes a ledger entry, trying again (logged) until the disk takes it: the
+    /// state change it records waits for it. False if stopped meanwhile.
+    async fn record(&self, entry: &Entry, stop: &CancellationToken) -> bool {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.ledger.write(entry) {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::error!(destination = %self.name, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write the audit ledger; the record stays in flight until it can");
+                }
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(destination = %self.name, seq = record.seq, error = %e, "cursor ack failed")
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return false,
             }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// A record reached its end (delivered or dead-lettered) and its ledger entry is
+    /// written: the ledger is synced, then the cursor acknowledges and persists.
+    /// Returns once that is durable (or on stop). If `drop_oldest` evicted the record
+    /// meanwhile, it was counted as dropped for this destination: say it was not.
+    async fn commit(&self, record: &Record, how: &str, stop: &CancellationToken) {
+        let seq = record.seq;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let (ledger, cursor) = (self.ledger.clone(), self.cursor.clone());
+            let r =
+                tokio::task::spawn_blocking(move || -> Result<tracespool_storage::Ack, String> {
+                    ledger
+                        .sync()
+                        .map_err(|e| format!("syncing the audit ledger: {e}"))?;
+                    let ack = cursor.ack(seq).map_err(|e| e.to_string())?;
+                    cursor.persist().map_err(|e| e.to_string())?;
+                    Ok(ack)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            match r {
+                Ok(ack) => {
+                    if ack.after_eviction {
+                        self.metrics
+                            .spans_delivered_after_eviction
+                            .get_or_create(&self.metrics.dest(&self.name))
+                            .inc_by(record.span_count as u64);
+                        tracing::info!(
+                            destination = %self.name,
+                            seq,
+                            spans = record.span_count,
+                            outcome = how,
+                            "evicted record was not dropped after all: it was in flight and completed"
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(destination = %self.name, seq, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot make the delivery durable; trying again");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return,
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -208,7 +273,9 @@ impl Worker {
                 &key,
                 0,
                 &format!("unknown record codec {}", record.codec.0),
-            );
+                stop,
+            )
+            .await;
             return;
         }
         let mut backoff = Backoff::new(
@@ -246,7 +313,7 @@ impl Worker {
                     }
                     tracing::debug!(destination = %self.name, seq, spans = record.span_count, attempts = attempt, "exported");
                     // The ledger hears of it before the cursor moves past it.
-                    self.ledger.write(&Entry::Delivered {
+                    let entry = Entry::Delivered {
                         t: now_ms(),
                         destination: self.name.clone(),
                         first_seq: seq,
@@ -254,14 +321,17 @@ impl Worker {
                         spans: record.span_count as u64,
                         attempts: attempt,
                         by: None,
-                    });
-                    self.done(&record, "delivered");
+                    };
+                    if self.record(&entry, stop).await {
+                        self.commit(&record, "delivered", stop).await;
+                    }
                     return;
                 }
                 Sent::Permanent { reason } => {
                     self.count_attempt("permanent", took, wire);
                     self.failed(&reason);
-                    self.dead_letter(&record, &key, attempt, &reason);
+                    self.dead_letter(&record, &key, attempt, &reason, stop)
+                        .await;
                     return;
                 }
                 Sent::Auth { reason } => {
@@ -318,46 +388,64 @@ impl Worker {
         }
     }
 
-    fn dead_letter(&self, record: &Record, key: &str, attempts: u32, reason: &str) {
-        match self
+    /// Keeps a permanently refused record as a dead letter, trying again until the
+    /// dead letter is on disk (a full disk, a failing one): until then the record
+    /// stays in flight and in the log, never lost and never stuck for good.
+    async fn dead_letter(
+        &self,
+        record: &Record,
+        key: &str,
+        attempts: u32,
+        reason: &str,
+        stop: &CancellationToken,
+    ) {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self
+                .dead_letters
+                .store(&self.name, record, key, attempts, reason)
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(
+                        destination = %self.name,
+                        seq = record.seq,
+                        error = %e,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "could not write a dead letter; the record stays in the log and in flight until it can be written"
+                    );
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return,
+            }
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
+        self.metrics
             .dead_letters
-            .store(&self.name, record, key, attempts, reason)
-        {
-            Ok(_) => {
-                self.metrics
-                    .dead_letters
-                    .get_or_create(&self.metrics.dest(&self.name))
-                    .inc();
-                self.metrics
-                    .dropped("dead_letter", &self.name, 1, record.span_count as u64);
-                tracing::error!(
-                    destination = %self.name,
-                    seq = record.seq,
-                    spans = record.span_count,
-                    attempts,
-                    reason = %reason,
-                    "destination refused the batch permanently; kept as a dead letter"
-                );
-                self.ledger.write(&Entry::DeadLettered {
-                    t: now_ms(),
-                    destination: self.name.clone(),
-                    seq: record.seq,
-                    spans: record.span_count,
-                    attempts,
-                    status: reason.to_string(),
-                });
-                self.done(record, "dead_letter");
-            }
-            Err(e) => {
-                // Not acknowledged: the record stays in the log and is tried again
-                // after a restart rather than lost.
-                tracing::error!(
-                    destination = %self.name,
-                    seq = record.seq,
-                    error = %e,
-                    "could not write a dead letter; the record stays in the log"
-                );
-            }
+            .get_or_create(&self.metrics.dest(&self.name))
+            .inc();
+        self.metrics
+            .dropped("dead_letter", &self.name, 1, record.span_count as u64);
+        tracing::error!(
+            destination = %self.name,
+            seq = record.seq,
+            spans = record.span_count,
+            attempts,
+            reason = %reason,
+            "destination refused the batch permanently; kept as a dead letter"
+        );
+        let entry = Entry::DeadLettered {
+            t: now_ms(),
+            destination: self.name.clone(),
+            seq: record.seq,
+            spans: record.span_count,
+            attempts,
+            status: reason.to_string(),
+        };
+        if self.record(&entry, stop).await {
+            self.commit(record, "dead_letter", stop).await;
         }
     }
 }

@@ -7,22 +7,33 @@
 //! rotated at `audit.file_bytes`, the oldest files deleted to stay within
 //! `audit.max_bytes`.
 //!
-//! **Exact across kill -9.** Each entry is written with one `write(2)` to a file
-//! opened `O_APPEND` (no buffering in the process), and always *before* the state
-//! change it records becomes visible: a delivery before its cursor ack, a dead
-//! letter before its ack, an eviction before the segment is unlinked, damage before
-//! it is recorded as known. The one entry that follows its event is "accepted"
-//! (written after the batch is durable, before the client is answered); a checkpoint
-//! line says up to which seq every accepted batch is in the ledger, and at start the
-//! log's records after it are compared with the ledger and any missing is written
-//! as recovered from the log itself. A power loss can lose the last second of
-//! entries (the ledger is synced once a second).
+//! **Exact across kill -9 and power loss.** Each entry is written with one
+//! `write(2)` to a file opened `O_APPEND` (no buffering in the process), and always
+//! *before* the state change it records becomes visible: a delivery before its
+//! cursor ack, a dead letter before its ack, an eviction before the segment is
+//! unlinked, damage before it is recorded as known, a quarantine before the move.
+//! Where the state change is durable, so is its entry first: [`Ledger::sync`] (one
+//! `fdatasync` shared by every caller that arrives meanwhile) runs before a cursor
+//! acknowledges and before a segment is deleted. The one entry that follows its
+//! event is "accepted" (written after the batch is durable, before the client is
+//! answered); a checkpoint line says up to which seq every accepted batch is in the
+//! ledger, and at start the log's records after it are compared with the ledger and
+//! any missing is written as recovered from the log itself — exact under `fsync =
+//! always`, where every acknowledged batch is in the log.
+//!
+//! **Torn and full.** Files are preallocated (`fallocate`, keeping their size), so
+//! appending needs no free blocks until the file is full. A write that fails part
+//! way (a full disk) is cut back to the last whole line, so no two entries are ever
+//! glued into one; a torn last line found at start (a power loss mid-write) is cut
+//! off, kept beside the file as `<n>.jsonl.torn`, and reported — never a reason not
+//! to start. Entries the disk refuses are returned as errors: callers whose state
+//! change depends on one wait and try again rather than outrun it.
 
 pub mod summary;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,15 +154,20 @@ pub enum Entry {
         spans: Option<u64>,
         detail: String,
     },
-    /// Bytes cut from the log at start (a torn tail) or a foreign segment, kept in
-    /// `quarantine/`.
+    /// Bytes cut from the log at start (a torn tail), or a file that is not a
+    /// segment of this log, kept in `quarantine/`. `first_seq..=last_seq`: the seqs
+    /// the bytes may hold (a torn tail); accepted batches among them are lost.
     Quarantined {
         t: u64,
         segment: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         first_seq: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
         bytes: u64,
         file: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
     },
     /// A destination that exists from `from_seq` on (records before it were never
     /// meant for it).
@@ -163,6 +179,41 @@ pub enum Entry {
     DestinationRemoved {
         t: u64,
         destination: String,
+        /// The last seq in the log when it was removed: records up to it that it
+        /// had not received are dropped for it (`destination_removed`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_seq: Option<u64>,
+    },
+    /// Seqs the log skipped at start so none a reader may have seen is reused
+    /// (`tracespool_storage::SkippedSeqs`): whatever accepted batches had them are
+    /// not in the log.
+    SeqsSkipped {
+        t: u64,
+        first_seq: u64,
+        last_seq: u64,
+        may_hold_acknowledged: bool,
+        reason: String,
+    },
+    /// The previous run did not stop cleanly (a crash, `kill -9`, a power loss).
+    /// Under `fsync = always` nothing acknowledged is lost by it; under `interval`
+    /// and `never`, batches acknowledged in the window before it may be gone, and
+    /// with them their accepted entries: the audit cannot vouch for that window.
+    UncleanStop {
+        t: u64,
+        fsync: String,
+        /// The last entry of the previous run (the window starts about there).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_entry_ms: Option<u64>,
+        /// How far back acknowledged batches may be lost (None: nothing can be).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window_ms: Option<u64>,
+    },
+    /// The ledger's own repairs at start (a torn last line cut off).
+    LedgerRepaired {
+        t: u64,
+        file: String,
+        bytes: u64,
+        detail: String,
     },
     /// Every accepted seq up to `accepted_through` has its entry before this line.
     Checkpoint {
@@ -208,6 +259,11 @@ struct Current {
     file: File,
     index: u64,
     len: u64,
+    /// A write failed and its partial line could not be cut off: the next entry
+    /// starts on a new line.
+    needs_newline: bool,
+    /// Bumped by every entry written.
+    written: u64,
 }
 
 pub struct Ledger {
@@ -215,13 +271,23 @@ pub struct Ledger {
     file_bytes: u64,
     max_bytes: u64,
     current: Mutex<Current>,
+    /// Serialises syncs; holds the `written` count the last completed sync covered.
+    synced: Mutex<u64>,
     /// Accepted seqs written, to find the contiguous prefix for checkpoints.
     tracker: Mutex<(u64, BTreeSet<u64>)>,
     checkpointed: AtomicU64,
+    /// Repairs made at open (a torn last line), for the caller to record.
+    repairs: Mutex<Vec<Entry>>,
 }
 
 fn file_name(index: u64) -> String {
     format!("{index:08}.jsonl")
+}
+
+/// Reserves `bytes` for `f` without changing its size, so appends need no free
+/// blocks; best effort (not every filesystem can).
+fn preallocate(f: &File, bytes: u64) {
+    let _ = rustix::fs::fallocate(f, rustix::fs::FallocateFlags::KEEP_SIZE, 0, bytes);
 }
 
 /// Ledger files in `dir`, oldest first, as (index, path).
@@ -246,23 +312,53 @@ pub fn files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Every entry of every ledger file in `dir`, oldest first (unparseable lines, such
-/// as a line cut by a power loss, are skipped).
+/// Every entry of every ledger file in `dir`, oldest first. Lines that do not
+/// parse (a line cut by a power loss, bytes that are not UTF-8, damage) are skipped;
+/// an unreadable file is skipped with a warning.
 pub fn read_all(dir: &Path) -> io::Result<Vec<Entry>> {
     let mut out = Vec::new();
     for (_, path) in files(dir)? {
-        let f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for line in io::BufReader::new(f).lines() {
-            if let Ok(entry) = serde_json::from_str::<Entry>(&line?) {
-                out.push(entry);
-            }
-        }
+        out.extend(read_file(&path));
     }
     Ok(out)
+}
+
+/// The entries of one ledger file (see [`read_all`]).
+fn read_file(path: &Path) -> Vec<Entry> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read an audit ledger file; skipping it");
+            }
+            return Vec::new();
+        }
+    };
+    bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Entry>(line).ok())
+        .collect()
+}
+
+/// Where the last complete, valid line of `bytes` ends (0 if none), and whether
+/// bytes after it form a torn line.
+fn valid_end(bytes: &[u8]) -> (usize, bool) {
+    let Some(nl) = bytes.iter().rposition(|&b| b == b'\n') else {
+        return (0, !bytes.is_empty());
+    };
+    let tail_torn = nl + 1 < bytes.len();
+    // The last complete line must itself parse; a line glued from two halves (an
+    // older version's failed write) is cut with the tail.
+    let start = bytes[..nl]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    if start == nl || serde_json::from_slice::<Entry>(&bytes[start..nl]).is_ok() {
+        (nl + 1, tail_torn)
+    } else {
+        let (end, _) = valid_end(&bytes[..start]);
+        (end, true)
+    }
 }
 
 /// Appends one entry from another process (a tool) to the newest ledger file, with
@@ -281,7 +377,12 @@ pub fn append_external(dir: &Path, entry: &Entry) -> io::Result<()> {
         }
     };
     let mut f = open_append(&path)?;
-    f.write_all(&line)?;
+    let before = f.metadata()?.len();
+    if let Err(e) = f.write_all(&line) {
+        // No half line may stay to glue onto the next entry.
+        let _ = f.set_len(before);
+        return Err(e);
+    }
     f.sync_data()
 }
 
@@ -296,22 +397,62 @@ fn open_append(path: &Path) -> io::Result<File> {
 impl Ledger {
     pub fn open(dir: &Path, file_bytes: u64, max_bytes: u64, last_seq: u64) -> io::Result<Self> {
         match fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(parent) = dir.parent() {
+                    let _ = File::open(parent).and_then(|d| d.sync_all());
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
         let existing = files(dir)?;
         let index = existing.last().map(|(i, _)| *i).unwrap_or(1);
         let path = dir.join(file_name(index));
+        let mut repairs = Vec::new();
+        // A torn last line (power loss mid-write): cut off and kept beside the file.
+        if let Ok(bytes) = fs::read(&path) {
+            let (end, torn) = valid_end(&bytes);
+            if torn {
+                let cut = &bytes[end..];
+                let keep = dir.join(format!("{}.torn", file_name(index)));
+                let _ = fs::write(&keep, cut);
+                let f = OpenOptions::new().write(true).open(&path)?;
+                f.set_len(end as u64)?;
+                f.sync_data()?;
+                tracing::warn!(file = %path.display(), offset = end, bytes = cut.len(), kept = %keep.display(), "audit ledger: cut a torn last line");
+                repairs.push(Entry::LedgerRepaired {
+                    t: now_ms(),
+                    file: path.display().to_string(),
+                    bytes: cut.len() as u64,
+                    detail: format!(
+                        "torn last line cut at byte {end}, kept in {}",
+                        keep.display()
+                    ),
+                });
+            }
+        }
+        let created = !path.exists();
         let file = open_append(&path)?;
+        if created {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        preallocate(&file, file_bytes);
         let len = file.metadata()?.len();
         Ok(Self {
             dir: dir.to_path_buf(),
             file_bytes,
             max_bytes,
-            current: Mutex::new(Current { file, index, len }),
+            current: Mutex::new(Current {
+                file,
+                index,
+                len,
+                needs_newline: false,
+                written: 0,
+            }),
+            synced: Mutex::new(0),
             tracker: Mutex::new((last_seq, BTreeSet::new())),
             checkpointed: AtomicU64::new(0),
+            repairs: Mutex::new(repairs),
         })
     }
 
@@ -319,33 +460,77 @@ impl Ledger {
         &self.dir
     }
 
-    /// Appends one entry with one write. Errors are logged, not returned: the
-    /// ledger must never stop the data path.
-    pub fn write(&self, entry: &Entry) {
-        let mut line = match serde_json::to_vec(entry) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode ledger entry");
-                return;
-            }
-        };
+    /// Time of the newest entry written before this open (the previous run's last
+    /// word), if any.
+    pub fn last_entry_ms(&self) -> Option<u64> {
+        self.tail_entries()
+            .ok()?
+            .iter()
+            .map(summary::entry_time)
+            .max()
+    }
+
+    /// Repairs made at open, to write as entries once the ledger is in use.
+    pub fn take_repairs(&self) -> Vec<Entry> {
+        std::mem::take(&mut self.repairs.lock().unwrap())
+    }
+
+    /// Appends one entry with one write. An error (a full or failing disk) means
+    /// the entry is not in the ledger; a caller whose state change it records must
+    /// not go on as if it were.
+    pub fn write(&self, entry: &Entry) -> io::Result<()> {
+        let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
         line.push(b'\n');
         let mut cur = self.current.lock().unwrap();
         if cur.len > 0 && cur.len + line.len() as u64 > self.file_bytes {
             if let Err(e) = self.rotate(&mut cur) {
+                // Keep writing to the old file (preallocation permitting).
                 tracing::error!(error = %e, dir = %self.dir.display(), "cannot rotate the audit ledger");
             }
         }
+        if cur.needs_newline {
+            line.insert(0, b'\n');
+        }
         match cur.file.write_all(&line) {
-            Ok(()) => cur.len += line.len() as u64,
+            Ok(()) => {
+                cur.len += line.len() as u64;
+                cur.needs_newline = false;
+                cur.written += 1;
+            }
             Err(e) => {
-                tracing::error!(error = %e, dir = %self.dir.display(), "cannot write the audit ledger")
+                // Cut the partial line back off, or at least end it.
+                let len = cur.len;
+                if cur.file.set_len(len).is_err() {
+                    cur.needs_newline = true;
+                    cur.len = cur.file.metadata().map(|m| m.len()).unwrap_or(len);
+                }
+                tracing::error!(error = %e, dir = %self.dir.display(), "cannot write the audit ledger");
+                return Err(e);
             }
         }
         drop(cur);
         if let Entry::Accepted { seq, .. } = entry {
             self.accepted_written(*seq);
         }
+        Ok(())
+    }
+
+    /// Makes every entry written so far durable (one `fdatasync`, shared with the
+    /// callers that arrive while it runs).
+    pub fn sync(&self) -> io::Result<()> {
+        let (want, file) = {
+            let cur = self.current.lock().unwrap();
+            (cur.written, cur.file.try_clone()?)
+        };
+        let mut synced = self.synced.lock().unwrap();
+        if *synced >= want {
+            return Ok(());
+        }
+        // Entries up to `want` are in this file or in older ones, which rotation
+        // synced before switching.
+        file.sync_data()?;
+        *synced = (*synced).max(want);
+        Ok(())
     }
 
     fn rotate(&self, cur: &mut Current) -> io::Result<()> {
@@ -353,10 +538,14 @@ impl Ledger {
         let index = cur.index + 1;
         let file = open_append(&self.dir.join(file_name(index)))?;
         fs::File::open(&self.dir)?.sync_all()?;
+        preallocate(&file, self.file_bytes);
+        let written = cur.written;
         *cur = Current {
             file,
             index,
             len: 0,
+            needs_newline: false,
+            written,
         };
         // Within the share of the disk budget: drop the oldest files.
         let mut all = files(&self.dir)?;
@@ -412,15 +601,17 @@ impl Ledger {
     /// Writes a checkpoint if the contiguous accepted prefix moved, and syncs.
     pub fn checkpoint(&self) {
         let through = self.tracker.lock().unwrap().0;
-        if through > self.checkpointed.load(Ordering::Relaxed) {
-            self.write(&Entry::Checkpoint {
-                t: now_ms(),
-                accepted_through: through,
-            });
+        if through > self.checkpointed.load(Ordering::Relaxed)
+            && self
+                .write(&Entry::Checkpoint {
+                    t: now_ms(),
+                    accepted_through: through,
+                })
+                .is_ok()
+        {
             self.checkpointed.store(through, Ordering::Relaxed);
         }
-        let cur = self.current.lock().unwrap();
-        if let Err(e) = cur.file.sync_data() {
+        if let Err(e) = self.sync() {
             tracing::error!(error = %e, "cannot sync the audit ledger");
         }
     }
@@ -452,7 +643,7 @@ impl Ledger {
         while let Ok(Some(item)) = reader.try_next() {
             if let tracespool_storage::ReadItem::Record(r) = item {
                 if !known.contains(&r.seq) {
-                    self.write(&Entry::Accepted {
+                    let _ = self.write(&Entry::Accepted {
                         t: ms(r.received_at),
                         seq: r.seq,
                         key: (!r.idempotency_key.is_empty())
@@ -478,11 +669,7 @@ impl Ledger {
         let all = files(&self.dir)?;
         let mut out = Vec::new();
         for (_, path) in all.iter().rev().take(2).rev() {
-            for line in io::BufReader::new(File::open(path)?).lines() {
-                if let Ok(e) = serde_json::from_str::<Entry>(&line?) {
-                    out.push(e);
-                }
-            }
+            out.extend(read_file(path));
         }
         Ok(out)
     }
@@ -533,7 +720,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = Ledger::open(dir.path(), 1000, 3000, 0).unwrap();
         for i in 1..=200 {
-            l.write(&Entry::Stopped { t: i });
+            l.write(&Entry::Stopped { t: i }).unwrap();
         }
         let fs = files(dir.path()).unwrap();
         assert!(fs.len() >= 2 && fs.len() <= 4, "{fs:?}");
@@ -563,9 +750,9 @@ mod tests {
             tenant: None,
             removed: None,
         };
-        l.write(&acc(12));
+        l.write(&acc(12)).unwrap();
         l.checkpoint();
-        l.write(&acc(11));
+        l.write(&acc(11)).unwrap();
         l.checkpoint();
         let cps: Vec<u64> = read_all(dir.path())
             .unwrap()

@@ -3,6 +3,13 @@
 //! reason), dead-lettered or pending. The table balances by construction; what
 //! `audit summary` checks is that nothing pending is unaccounted for — gone from the
 //! log, or behind the destination's cursor, without an entry saying why.
+//!
+//! Drop reasons besides a destination's own: `drop_oldest` (budget), `corruption`
+//! (damaged records), `torn_tail` (cut at start), `unclean_stop` (seqs skipped at
+//! start, not in the log), `not_durable` (a failed fdatasync under `never`/
+//! `interval`), `destination_removed`. What the ledger itself cannot show — batches
+//! acknowledged just before an unclean stop under `never`/`interval`, whose entries
+//! were lost with them — is listed as [`Summary::unverifiable`], with the window.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -79,6 +86,17 @@ pub struct Summary {
     pub discarded: Count,
     pub destinations: Vec<DestinationSummary>,
     pub balanced: bool,
+    /// Windows the audit cannot vouch for: before an unclean stop under `fsync =
+    /// never`/`interval`, acknowledged batches (and their ledger entries) may be
+    /// gone without a trace. Empty under `always`.
+    pub unverifiable: Vec<Unverifiable>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Unverifiable {
+    pub since_ms: u64,
+    pub until_ms: u64,
+    pub reason: String,
 }
 
 /// What the log itself says, to check pending records against.
@@ -141,9 +159,44 @@ pub fn summarize(
     let mut dropped: HashMap<String, Ranges<String>> = HashMap::new();
     let mut dropped_all: Ranges<String> = Ranges::default();
     let mut from_seq: HashMap<String, u64> = HashMap::new();
+    let mut removed_at: HashMap<String, u64> = HashMap::new();
     let mut destinations: BTreeSet<String> = BTreeSet::new();
     for e in entries {
         match e {
+            Entry::DestinationRemoved {
+                destination,
+                at_seq,
+                ..
+            } => {
+                destinations.insert(destination.clone());
+                removed_at.insert(destination.clone(), at_seq.unwrap_or(u64::MAX));
+            }
+            Entry::SeqsSkipped {
+                first_seq,
+                last_seq,
+                ..
+            } => dropped_all.push(*first_seq, *last_seq, "unclean_stop".into()),
+            Entry::Quarantined {
+                first_seq: Some(a),
+                last_seq: Some(b),
+                ..
+            } => dropped_all.push(*a, *b, "torn_tail".into()),
+            Entry::UncleanStop {
+                t,
+                fsync,
+                last_entry_ms,
+                window_ms: Some(w),
+            } if in_window(*t) || last_entry_ms.is_some_and(&in_window) => {
+                // From `w` before the last entry that survived (the ledger's own
+                // last second may be gone too) until the restart.
+                s.unverifiable.push(Unverifiable {
+                    since_ms: last_entry_ms.unwrap_or(*t).saturating_sub(*w),
+                    until_ms: *t,
+                    reason: format!(
+                        "unclean stop under fsync = {fsync}: batches acknowledged in the last {w} ms before it may be lost, together with their ledger entries"
+                    ),
+                });
+            }
             Entry::Accepted {
                 t,
                 seq,
@@ -218,7 +271,12 @@ pub fn summarize(
                 ..
             } => {
                 destinations.insert(destination.clone());
-                from_seq.entry(destination.clone()).or_insert(*f);
+                if removed_at.remove(destination).is_some() {
+                    // Added again after a removal: only what came after counts.
+                    from_seq.insert(destination.clone(), *f);
+                } else {
+                    from_seq.entry(destination.clone()).or_insert(*f);
+                }
             }
             _ => {}
         }
@@ -251,7 +309,12 @@ pub fn summarize(
         let emptys = Ranges::default();
         let drop = dropped.get(&name).unwrap_or(&emptys);
         let cursor = log.and_then(|l| l.cursors.get(&name).copied());
+        let removed = removed_at.get(&name).copied();
         for (&seq, &spans) in accepted.range(start..) {
+            if removed.is_some_and(|r| seq > r) {
+                // Accepted after the destination was removed: never meant for it.
+                continue;
+            }
             d.accepted.add(spans);
             if del.find(seq).is_some() {
                 d.delivered.add(spans);
@@ -259,6 +322,11 @@ pub fn summarize(
                 d.dead_lettered.add(spans);
             } else if let Some(reason) = drop.find(seq).or_else(|| dropped_all.find(seq)) {
                 d.dropped.entry(reason.clone()).or_default().add(spans);
+            } else if removed.is_some() {
+                d.dropped
+                    .entry("destination_removed".into())
+                    .or_default()
+                    .add(spans);
             } else {
                 d.pending.add(spans);
                 if let Some(l) = log {
@@ -297,6 +365,9 @@ pub fn entry_time(e: &Entry) -> u64 {
         | Entry::Quarantined { t, .. }
         | Entry::DestinationAdded { t, .. }
         | Entry::DestinationRemoved { t, .. }
+        | Entry::SeqsSkipped { t, .. }
+        | Entry::UncleanStop { t, .. }
+        | Entry::LedgerRepaired { t, .. }
         | Entry::Checkpoint { t, .. }
         | Entry::Replayed { t, .. }
         | Entry::Started { t, .. }

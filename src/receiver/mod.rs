@@ -142,23 +142,25 @@ impl Ingest {
         let client = req.peer.map(|p| p.to_string());
         match result {
             Ok(Accepted::Stored { .. } | Accepted::Discarded) => {}
-            Ok(Accepted::Duplicate { seq }) => self.ledger.write(&Entry::Deduplicated {
-                t: now_ms(),
-                seq: *seq,
-                key: req
-                    .key
-                    .map(|k| String::from_utf8_lossy(k).into_owned())
-                    .unwrap_or_default(),
-                spans: req.spans,
-                client,
-                protocol: protocol.into(),
-                tenant: req.tenant.map(str::to_string),
-            }),
+            Ok(Accepted::Duplicate { seq }) => drop(
+                self.ledger.write(&Entry::Deduplicated {
+                    t: now_ms(),
+                    seq: *seq,
+                    key: req
+                        .key
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default(),
+                    spans: req.spans,
+                    client,
+                    protocol: protocol.into(),
+                    tenant: req.tenant.map(str::to_string),
+                }),
+            ),
             Err(r) => {
                 if matches!(r, Rejection::Full { .. }) {
                     self.ready.spool_full();
                 }
-                self.ledger.write(&Entry::Rejected {
+                let _ = self.ledger.write(&Entry::Rejected {
                     t: now_ms(),
                     reason: r.kind().into(),
                     spans: req.spans,
@@ -236,7 +238,7 @@ impl Ingest {
                         Rejection::Unavailable(format!("processing the request failed: {e}"))
                     })??;
                 if out.spans == 0 && out.removed.total() > 0 {
-                    self.ledger.write(&Entry::Discarded {
+                    let _ = self.ledger.write(&Entry::Discarded {
                         t: ms(received_at),
                         spans: batch.spans,
                         removed: out.removed,
@@ -277,7 +279,9 @@ impl Ingest {
                     .append_duration
                     .observe(started.elapsed().as_secs_f64());
                 metrics.spans_persisted.inc_by(spans as u64);
-                ledger.write(&Entry::Accepted {
+                // Not written (a failing disk): the checkpoint does not pass this
+                // seq, and the next start recovers the entry from the log.
+                let _ = ledger.write(&Entry::Accepted {
                     t: ms(received_at),
                     seq: a.seq,
                     key: key

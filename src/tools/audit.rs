@@ -173,6 +173,14 @@ fn print_summary(s: &Summary) {
         )
     );
     println!("(batches / spans)");
+    for u in &s.unverifiable {
+        println!(
+            "cannot vouch for batches acknowledged from {} to {}: {}",
+            fmt_time(u.since_ms),
+            fmt_time(u.until_ms),
+            u.reason
+        );
+    }
     for d in s.destinations.iter().filter(|d| !d.balances()) {
         if d.pending_not_in_log > 0 {
             println!(

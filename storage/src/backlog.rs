@@ -13,7 +13,7 @@ use std::fs::File;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::format::{decode_header, RECORD_HEADER_LEN};
+use crate::format::{decode_header, RECORD_HEADER_LEN, RECORD_HEADER_LEN_V1};
 use crate::segment::RECORDS_START;
 use crate::shared::Shared;
 use crate::types::time_from_nanos;
@@ -49,11 +49,12 @@ fn walk(file: &File, limit: u64, after: u64) -> Totals {
     let mut t = Totals::default();
     let mut offset = RECORDS_START as u64;
     let mut buf = [0u8; RECORD_HEADER_LEN];
-    while offset + RECORD_HEADER_LEN as u64 <= limit {
-        if file.read_exact_at(&mut buf, offset).is_err() {
+    while offset + RECORD_HEADER_LEN_V1 as u64 <= limit {
+        let n = ((limit - offset) as usize).min(RECORD_HEADER_LEN);
+        if file.read_exact_at(&mut buf[..n], offset).is_err() {
             break;
         }
-        let Ok(h) = decode_header(&buf) else {
+        let Ok(h) = decode_header(&buf[..n]) else {
             break;
         };
         let len = h.frame_len() as u64;

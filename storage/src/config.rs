@@ -50,8 +50,6 @@ pub struct WalConfig {
     pub retain_delivered: Duration,
     /// Largest payload accepted by `append`.
     pub max_record_bytes: u64,
-    /// How far beyond its contiguous position a cursor accepts out-of-order acks.
-    pub ack_window: u64,
     /// Bytes of appends that may wait in memory for the writer before `append`
     /// callers wait for room. Bounds memory, not disk.
     pub write_queue_bytes: u64,
@@ -76,7 +74,6 @@ impl WalConfig {
             when_full: WhenFull::Backpressure,
             retain_delivered: Duration::ZERO,
             max_record_bytes: 64 * MIB,
-            ack_window: 1 << 20,
             write_queue_bytes: 64 * MIB,
             #[cfg(feature = "failpoints")]
             failpoints: Default::default(),
@@ -110,9 +107,6 @@ impl WalConfig {
             if d.is_zero() {
                 return Err("fsync interval must be greater than zero".into());
             }
-        }
-        if self.ack_window == 0 {
-            return Err("ack_window must be at least 1".into());
         }
         if self.write_queue_bytes == 0 {
             return Err("write_queue_bytes must be at least 1".into());

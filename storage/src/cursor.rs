@@ -1,26 +1,45 @@
 //! Named durable cursors: one per consumer (destination), each with its own position.
 //!
 //! A consumer acknowledges records (and gaps) as it finishes them, possibly out of
-//! order. The cursor's position is the highest seq up to which *every* seq has been
-//! acknowledged; that position is what is persisted in sled and where a reader
-//! resumes after a restart. Acks above the position are kept in memory only, so
-//! after a crash the records between the persisted position and the newest ack are
-//! delivered again (at-least-once).
+//! order and arbitrarily far ahead of the oldest one still in flight (a record
+//! retried for hours holds the position, not the acks after it). The cursor's
+//! *position* is the highest seq up to which every seq has been acknowledged; the
+//! acknowledged ranges above it are kept too.
+//!
+//! **Durability.** [`Cursor::persist`] writes the position and the lowest
+//! [`MAX_PERSISTED_RANGES`] ranges above it to the cursor's own file
+//! (`<dir>/cursors/<hex name>.cursor`, two alternating slots, see `slots.rs`) and
+//! syncs it. Concurrent calls coalesce: a call returns as soon as a write that
+//! covers every ack made before it has completed. After a crash a reader resumes
+//! after the persisted position and skips the persisted ranges, so what is
+//! delivered again is what was acknowledged after the last persist. The log
+//! persists every cursor before it deletes a segment and at close.
 //!
 //! **Exact loss accounting.** When `drop_oldest` deletes a segment, the records this
 //! cursor had not acknowledged are counted as lost for it — under the same lock its
 //! acks take. A record already handed to the consumer may still be delivered after
-//! that (its bytes stay mapped); its [`Cursor::ack`] then says
-//! [`Ack::after_eviction`], so the consumer can correct the count. Each record is
-//! therefore either delivered or lost for a cursor, never both and never neither.
+//! that; its [`Cursor::ack`] then says [`Ack::after_eviction`], so the consumer can
+//! correct the count. Each record is therefore either delivered or lost for a
+//! cursor, never both and never neither.
 
 use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::CursorError;
 use crate::reader::Reader;
 use crate::shared::Shared;
+use crate::slots::{Opened, SlotFile};
+
+/// Directory of the cursor files, under the log's directory.
+pub(crate) const CURSORS_DIR: &str = "cursors";
+const SLOT: usize = 8192;
+/// Acknowledged ranges above the position that a persist keeps (the lowest ones);
+/// records in ranges beyond are delivered again after a crash.
+pub const MAX_PERSISTED_RANGES: usize = 400;
 
 #[derive(Default)]
 struct AckState {
@@ -30,6 +49,8 @@ struct AckState {
     /// Ranges an eviction counted as lost for this cursor, start → end, above the
     /// position.
     lost: BTreeMap<u64, u64>,
+    /// Bumped by every ack that changed something.
+    version: u64,
 }
 
 pub(crate) struct CursorState {
@@ -38,6 +59,11 @@ pub(crate) struct CursorState {
     /// written only under `acks`.
     position: AtomicU64,
     acks: Mutex<AckState>,
+    /// The cursor's file (`None` until it could be created: a full disk).
+    file: Mutex<Option<SlotFile>>,
+    /// `AckState::version` covered by the last completed persist.
+    persisted: AtomicU64,
+    path: PathBuf,
 }
 
 /// The result of acknowledging a delivered record.
@@ -72,17 +98,176 @@ fn take_range(set: &mut BTreeMap<u64, u64>, first: u64, last: u64) -> u64 {
     n
 }
 
+/// What a cursor file holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Persisted {
+    pub name: String,
+    pub position: u64,
+    pub above: Vec<(u64, u64)>,
+}
+
+impl Persisted {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16 + 16 * self.above.len() + self.name.len());
+        v.extend_from_slice(&self.position.to_le_bytes());
+        v.extend_from_slice(&(self.above.len() as u32).to_le_bytes());
+        for &(a, b) in &self.above {
+            v.extend_from_slice(&a.to_le_bytes());
+            v.extend_from_slice(&b.to_le_bytes());
+        }
+        v.extend_from_slice(&(self.name.len() as u16).to_le_bytes());
+        v.extend_from_slice(self.name.as_bytes());
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let u64_at = |i: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?))
+        };
+        let position = u64_at(0)?;
+        let n = u32::from_le_bytes(b.get(8..12)?.try_into().ok()?) as usize;
+        if n > MAX_PERSISTED_RANGES {
+            return None;
+        }
+        let mut above = Vec::with_capacity(n);
+        for i in 0..n {
+            let (a, e) = (u64_at(12 + 16 * i)?, u64_at(20 + 16 * i)?);
+            if a > e || a <= position {
+                return None;
+            }
+            above.push((a, e));
+        }
+        let at = 12 + 16 * n;
+        let len = u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize;
+        let name = String::from_utf8(b.get(at + 2..at + 2 + len)?.to_vec()).ok()?;
+        Some(Self {
+            name,
+            position,
+            above,
+        })
+    }
+}
+
+pub(crate) fn file_name(name: &str) -> String {
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.cursor")
+}
+
+/// A cursor file found at open.
+pub(crate) enum Found {
+    Valid(SlotFile, Persisted),
+    /// A cursor file whose slots are both damaged: the name is known (from the file
+    /// name), the position is not.
+    Damaged {
+        name: String,
+        path: PathBuf,
+    },
+}
+
+/// Every cursor file under `dir/cursors`. Files that are not cursor files are
+/// ignored; temporary ones removed.
+pub(crate) fn load_all(dir: &Path) -> io::Result<Vec<Found>> {
+    let cdir = dir.join(CURSORS_DIR);
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(&cdir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in rd {
+        let entry = entry?;
+        let fname = entry.file_name();
+        let Some(fname) = fname.to_str() else {
+            continue;
+        };
+        let path = entry.path();
+        if fname.ends_with(".tmp") {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        let Some(hex) = fname.strip_suffix(".cursor") else {
+            continue;
+        };
+        let Some(name) = unhex(hex) else { continue };
+        if !entry.file_type()?.is_file() {
+            tracing::warn!(file = %path.display(), "not a regular file; ignored");
+            continue;
+        }
+        match SlotFile::open(&path, SLOT)? {
+            Opened::Valid(f, payload) => match Persisted::decode(&payload) {
+                Some(p) if p.name == name => out.push(Found::Valid(f, p)),
+                _ => out.push(Found::Damaged { name, path }),
+            },
+            Opened::Damaged => out.push(Found::Damaged { name, path }),
+            Opened::Missing => {}
+        }
+    }
+    Ok(out)
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
 impl CursorState {
-    pub fn new(name: String, position: u64) -> Self {
+    pub fn new(name: String, position: u64, path: PathBuf) -> Self {
         Self {
             name,
             position: AtomicU64::new(position),
             acks: Mutex::new(AckState::default()),
+            file: Mutex::new(None),
+            persisted: AtomicU64::new(0),
+            path,
         }
+    }
+
+    /// A cursor as persisted: position and acknowledged ranges above it.
+    pub fn restored(p: Persisted, file: SlotFile) -> Self {
+        let path = file.path.clone();
+        let c = Self::new(p.name, p.position, path);
+        {
+            let mut st = c.acks.lock().unwrap();
+            for (a, b) in p.above {
+                st.above.insert(a, b);
+            }
+        }
+        *c.file.lock().unwrap() = Some(file);
+        c
     }
 
     pub fn position(&self) -> u64 {
         self.position.load(Ordering::Acquire)
+    }
+
+    /// The acknowledged ranges above the position.
+    pub fn above(&self) -> Vec<(u64, u64)> {
+        self.acks
+            .lock()
+            .unwrap()
+            .above
+            .iter()
+            .map(|(&a, &b)| (a, b))
+            .collect()
+    }
+
+    /// Whether `seq` has been acknowledged (at or below the position, or in a range
+    /// above it).
+    pub fn is_acked(&self, seq: u64) -> bool {
+        if seq <= self.position() {
+            return true;
+        }
+        let st = self.acks.lock().unwrap();
+        st.above
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, &e)| e >= seq)
     }
 
     /// For an eviction of `[first, last]`: the seqs this cursor has not acknowledged,
@@ -111,20 +296,13 @@ impl CursorState {
 
     /// Records an ack of `first..=last`; returns the new position, whether it moved,
     /// and how many of the seqs had been counted as lost.
-    fn ack(&self, first: u64, last: u64, window: u64) -> Result<(u64, bool, u64), CursorError> {
+    fn ack(&self, first: u64, last: u64) -> (u64, bool, u64) {
         let mut st = self.acks.lock().unwrap();
         let pos = self.position();
         if last <= pos {
-            return Ok((pos, false, 0));
+            return (pos, false, 0);
         }
-        if last - pos > window {
-            return Err(CursorError::OutOfWindow {
-                cursor: self.name.clone(),
-                seq: last,
-                position: pos,
-                window,
-            });
-        }
+        st.version += 1;
         let mut start = first.max(pos + 1);
         let mut end = last;
         let were_lost = take_range(&mut st.lost, start, end);
@@ -143,11 +321,63 @@ impl CursorState {
         if start == pos + 1 {
             self.position.store(end, Ordering::Release);
             take_range(&mut st.lost, 0, end);
-            Ok((end, true, were_lost))
+            (end, true, were_lost)
         } else {
             st.above.insert(start, end);
-            Ok((pos, false, were_lost))
+            (pos, false, were_lost)
         }
+    }
+
+    /// Writes the cursor's state to its file and syncs it, unless a write covering
+    /// every ack so far has already completed.
+    pub fn persist(&self, cursors_dir: &Path) -> Result<u64, CursorError> {
+        let want = self.acks.lock().unwrap().version;
+        let mut file = self.file.lock().unwrap();
+        if self.persisted.load(Ordering::Acquire) >= want && file.is_some() {
+            return Ok(self.position());
+        }
+        let (snapshot, version) = {
+            let st = self.acks.lock().unwrap();
+            (
+                Persisted {
+                    name: self.name.clone(),
+                    position: self.position(),
+                    above: st
+                        .above
+                        .iter()
+                        .take(MAX_PERSISTED_RANGES)
+                        .map(|(&a, &b)| (a, b))
+                        .collect(),
+                },
+                st.version,
+            )
+        };
+        let io = |source| CursorError::Io {
+            cursor: self.name.clone(),
+            path: self.path.clone(),
+            source,
+        };
+        let payload = snapshot.encode();
+        match file.as_mut() {
+            Some(f) => f.write(&payload).map_err(io)?,
+            None => {
+                crate::fsutil::ensure_dir(cursors_dir).map_err(io)?;
+                *file = Some(SlotFile::create(&self.path, SLOT, &payload).map_err(io)?);
+            }
+        }
+        self.persisted.fetch_max(version, Ordering::AcqRel);
+        Ok(snapshot.position)
+    }
+
+    /// Deletes the cursor's file (durably).
+    pub fn remove_file(&self) -> io::Result<()> {
+        *self.file.lock().unwrap() = None;
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        crate::fsutil::sync_dir(self.path.parent().unwrap_or(Path::new(".")))
     }
 }
 
@@ -177,9 +407,20 @@ impl Cursor {
         self.state.position()
     }
 
-    /// A reader starting right after the cursor's position.
+    /// Acknowledged ranges above the position.
+    pub fn acked_above(&self) -> Vec<(u64, u64)> {
+        self.state.above()
+    }
+
+    /// Whether `seq` has been acknowledged.
+    pub fn is_acked(&self, seq: u64) -> bool {
+        self.state.is_acked(seq)
+    }
+
+    /// A reader starting right after the cursor's position, which skips the records
+    /// acknowledged above it (after a crash: delivered before the last persist).
     pub fn reader(&self) -> Reader {
-        Reader::new(self.shared.clone(), self.position() + 1)
+        Reader::new(self.shared.clone(), self.position() + 1).skipping_acked(self.state.clone())
     }
 
     /// Whether `seq` was evicted by `drop_oldest` (it is no longer on disk; a
@@ -189,7 +430,7 @@ impl Cursor {
     }
 
     /// Acknowledges one delivered record. See [`Ack`] for evictions that raced the
-    /// delivery.
+    /// delivery. The ack is in memory until [`Cursor::persist`].
     pub fn ack(&self, seq: u64) -> Result<Ack, CursorError> {
         let (position, were_lost) = self.ack_inner(seq, seq)?;
         Ok(Ack {
@@ -199,12 +440,8 @@ impl Cursor {
     }
 
     /// Acknowledges `first..=last` without delivery: a gap the reader reported, or
-    /// records given up on. Acks may arrive out of order as long as they are within
-    /// `ack_window` of the position; acks at or below the position are no-ops.
-    /// Returns the new position.
-    ///
-    /// Positions are written to sled at once and become durable with sled's next
-    /// flush (at most ~200 ms later, or at [`Wal::flush`](crate::Wal::flush)).
+    /// records given up on. Acks may arrive in any order; acks at or below the
+    /// position are no-ops. Returns the new position.
     pub fn ack_range(&self, first: u64, last: u64) -> Result<u64, CursorError> {
         self.ack_inner(first, last).map(|(p, _)| p)
     }
@@ -218,17 +455,14 @@ impl Cursor {
                 last_seq,
             });
         }
-        let (pos, moved, were_lost) = self.state.ack(first, last, self.shared.cfg.ack_window)?;
-        if moved {
-            self.shared
-                .meta
-                .set_cursor(&self.state.name, pos)
-                .map_err(|source| CursorError::Meta {
-                    cursor: self.state.name.clone(),
-                    source,
-                })?;
-        }
+        let (pos, _moved, were_lost) = self.state.ack(first, last);
         Ok((pos, were_lost))
+    }
+
+    /// Makes every ack made so far durable (blocking: one small synced write, shared
+    /// with concurrent callers). Returns the persisted position.
+    pub fn persist(&self) -> Result<u64, CursorError> {
+        self.state.persist(&self.shared.cfg.dir.join(CURSORS_DIR))
     }
 }
 
@@ -248,55 +482,73 @@ mod tests {
 
     #[test]
     fn out_of_order_acks_advance_position_only_when_contiguous() {
-        let c = CursorState::new("d".into(), 0);
-        assert_eq!(c.ack(3, 3, 100).unwrap(), (0, false, 0));
-        assert_eq!(c.ack(5, 7, 100).unwrap(), (0, false, 0));
-        assert_eq!(c.ack(1, 1, 100).unwrap(), (1, true, 0));
-        assert_eq!(c.ack(2, 2, 100).unwrap(), (3, true, 0));
-        assert_eq!(c.ack(4, 4, 100).unwrap(), (7, true, 0));
+        let c = CursorState::new("d".into(), 0, PathBuf::new());
+        assert_eq!(c.ack(3, 3), (0, false, 0));
+        assert_eq!(c.ack(5, 7), (0, false, 0));
+        assert_eq!(c.ack(1, 1), (1, true, 0));
+        assert_eq!(c.ack(2, 2), (3, true, 0));
+        assert_eq!(c.ack(4, 4), (7, true, 0));
         assert!(above(&c).is_empty());
         // At or below the position: no-op.
-        assert_eq!(c.ack(1, 7, 100).unwrap(), (7, false, 0));
+        assert_eq!(c.ack(1, 7), (7, false, 0));
     }
 
     #[test]
     fn overlapping_and_adjacent_ranges_merge() {
-        let c = CursorState::new("d".into(), 10);
-        c.ack(20, 25, 100).unwrap();
-        c.ack(15, 19, 100).unwrap();
-        c.ack(26, 30, 100).unwrap();
-        c.ack(22, 40, 100).unwrap();
+        let c = CursorState::new("d".into(), 10, PathBuf::new());
+        c.ack(20, 25);
+        c.ack(15, 19);
+        c.ack(26, 30);
+        c.ack(22, 40);
         assert_eq!(above(&c), vec![(15, 40)]);
-        assert_eq!(c.ack(11, 14, 100).unwrap(), (40, true, 0));
+        assert_eq!(c.ack(11, 14), (40, true, 0));
     }
 
     #[test]
-    fn ack_beyond_window_is_refused() {
-        let c = CursorState::new("d".into(), 100);
-        assert!(matches!(
-            c.ack(151, 151, 50),
-            Err(CursorError::OutOfWindow {
-                seq: 151,
-                position: 100,
-                window: 50,
-                ..
-            })
-        ));
-        assert_eq!(c.ack(150, 150, 50).unwrap(), (100, false, 0));
+    fn acks_far_ahead_of_a_stuck_record_are_kept() {
+        let c = CursorState::new("d".into(), 100, PathBuf::new());
+        // Seq 101 is retried for a long time; millions of later acks pile up.
+        c.ack(102, 5_000_000);
+        assert_eq!(above(&c), vec![(102, 5_000_000)]);
+        assert!(c.is_acked(4_000_000) && !c.is_acked(101));
+        assert_eq!(c.ack(101, 101), (5_000_000, true, 0));
+    }
+
+    #[test]
+    fn persisted_state_round_trips_and_rejects_nonsense() {
+        let p = Persisted {
+            name: "central".into(),
+            position: 41,
+            above: vec![(43, 50), (60, 60)],
+        };
+        assert_eq!(Persisted::decode(&p.encode()), Some(p.clone()));
+        let bad = Persisted {
+            above: vec![(30, 35)],
+            ..p
+        };
+        assert_eq!(
+            Persisted::decode(&bad.encode()),
+            None,
+            "range below the position"
+        );
+        assert_eq!(
+            unhex(&file_name("a-b").replace(".cursor", "")),
+            Some("a-b".into())
+        );
     }
 
     #[test]
     fn losses_are_the_unacked_seqs_and_a_later_ack_reports_them() {
-        let c = CursorState::new("d".into(), 10);
-        c.ack(13, 14, 100).unwrap();
-        c.ack(18, 18, 100).unwrap();
+        let c = CursorState::new("d".into(), 10, PathBuf::new());
+        c.ack(13, 14);
+        c.ack(18, 18);
         // Evict 5..=20: 11, 12, 15..=17, 19, 20 were not acknowledged.
         assert_eq!(c.count_losses(5, 20), vec![(11, 12), (15, 17), (19, 20)]);
         // 16 was delivered after all.
-        assert_eq!(c.ack(16, 16, 100).unwrap(), (10, false, 1));
-        assert_eq!(c.ack(16, 16, 100).unwrap(), (10, false, 0), "reported once");
+        assert_eq!(c.ack(16, 16), (10, false, 1));
+        assert_eq!(c.ack(16, 16), (10, false, 0), "reported once");
         // The gap covering the rest resolves the remaining losses.
-        assert_eq!(c.ack(11, 20, 100).unwrap(), (20, true, 6));
+        assert_eq!(c.ack(11, 20), (20, true, 6));
         assert!(c.acks.lock().unwrap().lost.is_empty());
     }
 

@@ -42,6 +42,18 @@ pub enum OpenError {
     },
 }
 
+impl OpenError {
+    /// True when the open was refused for a reason a restart will not fix by
+    /// itself (another process holds the directory, a newer format, bad settings):
+    /// the caller should exit with a distinct code naming the file.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::Config(_) | Self::Locked { .. } | Self::UnsupportedVersion { .. }
+        )
+    }
+}
+
 /// Why there was no room for a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FullReason {
@@ -60,6 +72,9 @@ pub enum FullReason {
     /// The operating system reported that the filesystem is full (`ENOSPC`/`EDQUOT`).
     /// Nothing was kept of the failed write.
     NoSpace { path: PathBuf, detail: String },
+    /// Room could be made by evicting (`drop_oldest`), but the eviction could not be
+    /// recorded in the audit trail, so nothing was evicted.
+    NotRecorded { detail: String },
 }
 
 impl std::fmt::Display for FullReason {
@@ -75,6 +90,9 @@ impl std::fmt::Display for FullReason {
             ),
             Self::NoSpace { path, detail } => {
                 write!(f, "no space left on the filesystem writing {}: {detail}", path.display())
+            }
+            Self::NotRecorded { detail } => {
+                write!(f, "disk budget full, and evicting the oldest data could not be recorded: {detail}")
             }
         }
     }
@@ -131,14 +149,6 @@ pub enum ReadError {
 /// A cursor operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CursorError {
-    /// An ack further ahead of the cursor's contiguous position than `ack_window`.
-    #[error("ack of seq {seq} is outside the window of cursor {cursor:?} (position {position}, window {window})")]
-    OutOfWindow {
-        cursor: String,
-        seq: u64,
-        position: u64,
-        window: u64,
-    },
     /// An ack for a sequence number that was never appended.
     #[error("ack of seq {seq} on cursor {cursor:?}, but the log ends at seq {last_seq}")]
     BeyondEnd {
@@ -146,10 +156,12 @@ pub enum CursorError {
         seq: u64,
         last_seq: u64,
     },
-    #[error("cursor {cursor:?}: metadata store: {source}")]
-    Meta {
+    /// The cursor's file could not be written or removed.
+    #[error("cursor {cursor:?}: {path}: {source}")]
+    Io {
         cursor: String,
+        path: PathBuf,
         #[source]
-        source: sled::Error,
+        source: io::Error,
     },
 }

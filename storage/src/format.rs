@@ -10,15 +10,24 @@
 
 /// First eight bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TSPOOLWL";
-/// The segment format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The segment format version this build writes.
+pub const FORMAT_VERSION: u32 = 2;
+/// Segment format versions this build reads.
+pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
 /// Size of the segment header; the first record frame starts at this offset.
 pub const SEGMENT_HEADER_LEN: usize = 64;
-/// First four bytes of every record frame (`"TSR1"` when read as ASCII). Recovery
-/// resynchronises on it after damage.
-pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TSR1");
-/// Size of the fixed record header that precedes the key and the payload.
-pub const RECORD_HEADER_LEN: usize = 40;
+/// First four bytes of every record frame this build writes (`"TSR2"` as ASCII).
+/// Recovery resynchronises on it (and on [`RECORD_MAGIC_V1`]) after damage.
+pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TSR2");
+/// The magic of version-1 frames (`"TSR1"`), still read.
+pub const RECORD_MAGIC_V1: u32 = u32::from_le_bytes(*b"TSR1");
+/// Size of the fixed record header (version 2) that precedes the key and payload.
+pub const RECORD_HEADER_LEN: usize = 48;
+/// Size of a version-1 record header.
+pub const RECORD_HEADER_LEN_V1: usize = 40;
+/// The smallest frame of any version: bounds how many records a run of bytes can
+/// have held.
+pub const MIN_FRAME_LEN: usize = RECORD_HEADER_LEN_V1;
 /// Largest idempotency key a record can carry.
 pub const MAX_KEY_LEN: usize = 1024;
 /// Hard upper bound on a payload, independent of configuration. A header claiming
@@ -39,6 +48,10 @@ pub struct SegmentHeader {
     pub created_at_nanos: u64,
     /// Random identity of the log this segment belongs to.
     pub wal_id: [u8; 16],
+    /// Version 2: when non-zero, the seqs `skipped_from..first_seq` were never
+    /// given to a record that survived — skipped when the log reopened after an
+    /// unclean stop, so that no seq a reader may have seen is ever assigned again.
+    pub skipped_from: u64,
 }
 
 /// Why a segment header was not accepted.
@@ -70,7 +83,7 @@ impl std::fmt::Display for SegmentHeaderError {
             Self::UnsupportedVersion { found } => {
                 write!(
                     f,
-                    "format version {found}, this build reads version {FORMAT_VERSION}"
+                    "format version {found}, this build reads versions {READABLE_VERSIONS:?}"
                 )
             }
         }
@@ -78,6 +91,7 @@ impl std::fmt::Display for SegmentHeaderError {
 }
 
 impl SegmentHeader {
+    /// Encodes a version-2 header.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -86,13 +100,30 @@ impl SegmentHeader {
         b[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
         b[24..32].copy_from_slice(&self.created_at_nanos.to_le_bytes());
         b[32..48].copy_from_slice(&self.wal_id);
-        // 48..60 reserved, zero.
+        b[48..56].copy_from_slice(&self.skipped_from.to_le_bytes());
+        // 56..60 reserved, zero.
+        let crc = crc32fast::hash(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Encodes a version-1 header (for tests of logs written by earlier builds).
+    #[doc(hidden)]
+    pub fn encode_v1(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut b = self.encode();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        b[48..56].fill(0);
         let crc = crc32fast::hash(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, SegmentHeaderError> {
+        Self::decode_versioned(b).map(|(h, _)| h)
+    }
+
+    /// The header and its format version.
+    pub fn decode_versioned(b: &[u8]) -> Result<(Self, u32), SegmentHeaderError> {
         if b.len() < SEGMENT_HEADER_LEN {
             return Err(SegmentHeaderError::Short { len: b.len() });
         }
@@ -105,69 +136,100 @@ impl SegmentHeader {
             return Err(SegmentHeaderError::BadChecksum { expected, actual });
         }
         let version = le_u32(&b[8..12]);
-        if version != FORMAT_VERSION {
+        if !READABLE_VERSIONS.contains(&version) {
             return Err(SegmentHeaderError::UnsupportedVersion { found: version });
         }
         let mut wal_id = [0u8; 16];
         wal_id.copy_from_slice(&b[32..48]);
-        Ok(Self {
-            first_seq: le_u64(&b[16..24]),
-            created_at_nanos: le_u64(&b[24..32]),
-            wal_id,
-        })
+        Ok((
+            Self {
+                first_seq: le_u64(&b[16..24]),
+                created_at_nanos: le_u64(&b[24..32]),
+                wal_id,
+                skipped_from: if version >= 2 { le_u64(&b[48..56]) } else { 0 },
+            },
+            version,
+        ))
     }
 }
 
 /// The fixed part of a record frame, as decoded from disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
+    /// Frame version: 1 (`TSR1`, 40-byte header) or 2 (`TSR2`, 48 bytes).
+    pub version: u8,
     pub payload_len: u32,
     pub seq: u64,
     pub received_at_nanos: u64,
     pub span_count: u32,
     pub key_len: u16,
     pub codec: Codec,
+    /// Version 2: every seq up to this one was durable (covered by a completed
+    /// `fdatasync`) before this frame was written. 0 for version 1 (unknown).
+    pub durable_through: u64,
     pub record_crc: u32,
 }
 
 impl RecordHeader {
+    /// Bytes of the fixed header.
+    pub fn header_len(&self) -> usize {
+        if self.version == 1 {
+            RECORD_HEADER_LEN_V1
+        } else {
+            RECORD_HEADER_LEN
+        }
+    }
+
     /// Total bytes of the frame this header starts: header, key and payload.
     pub fn frame_len(&self) -> usize {
-        RECORD_HEADER_LEN + self.key_len as usize + self.payload_len as usize
+        self.header_len() + self.key_len as usize + self.payload_len as usize
     }
 }
 
-/// Bytes a record with this key and payload occupies on disk.
+/// Bytes a record with this key and payload occupies on disk (version 2).
 pub fn frame_len(key_len: usize, payload_len: usize) -> u64 {
     (RECORD_HEADER_LEN + key_len + payload_len) as u64
 }
 
-/// Appends one complete frame to `out`.
+/// Appends one complete version-2 frame to `out`.
 ///
 /// The caller guarantees `key.len() <= MAX_KEY_LEN` and
 /// `payload.len() as u64 <= MAX_PAYLOAD_LEN`.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_record(
     out: &mut Vec<u8>,
     seq: u64,
     received_at_nanos: u64,
     span_count: u32,
     codec: Codec,
+    durable_through: u64,
     key: &[u8],
     payload: &[u8],
 ) {
-    encode_head(out, seq, received_at_nanos, span_count, codec, key, payload);
+    encode_head(
+        out,
+        seq,
+        received_at_nanos,
+        span_count,
+        codec,
+        durable_through,
+        key,
+        payload,
+    );
     out.extend_from_slice(payload);
 }
 
-/// Appends the header and key of a frame to `out`; the payload, which the checksum
-/// covers, is written right after them by the caller (the writer hands it to
-/// `pwritev` without copying it).
+/// Appends the header and key of a version-2 frame to `out`; the payload, which
+/// the checksum covers, is written right after them by the caller (the writer
+/// hands it to `pwritev` without copying it).
+#[allow(clippy::too_many_arguments)]
 pub fn encode_head(
     out: &mut Vec<u8>,
     seq: u64,
     received_at_nanos: u64,
     span_count: u32,
     codec: Codec,
+    durable_through: u64,
     key: &[u8],
     payload: &[u8],
 ) {
@@ -182,6 +244,38 @@ pub fn encode_head(
     h[28..30].copy_from_slice(&(key.len() as u16).to_le_bytes());
     h[30] = codec.0;
     h[31] = 0; // flags, reserved
+    h[32..40].copy_from_slice(&durable_through.to_le_bytes());
+    let header_crc = crc32fast::hash(&h[0..40]);
+    h[40..44].copy_from_slice(&header_crc.to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&h[0..40]);
+    hasher.update(key);
+    hasher.update(payload);
+    h[44..48].copy_from_slice(&hasher.finalize().to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(key);
+}
+
+/// Appends one complete version-1 frame (what earlier builds wrote), for tests of
+/// old logs.
+#[doc(hidden)]
+pub fn encode_record_v1(
+    out: &mut Vec<u8>,
+    seq: u64,
+    received_at_nanos: u64,
+    span_count: u32,
+    codec: Codec,
+    key: &[u8],
+    payload: &[u8],
+) {
+    let mut h = [0u8; RECORD_HEADER_LEN_V1];
+    h[0..4].copy_from_slice(&RECORD_MAGIC_V1.to_le_bytes());
+    h[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h[16..24].copy_from_slice(&received_at_nanos.to_le_bytes());
+    h[24..28].copy_from_slice(&span_count.to_le_bytes());
+    h[28..30].copy_from_slice(&(key.len() as u16).to_le_bytes());
+    h[30] = codec.0;
     let header_crc = crc32fast::hash(&h[0..32]);
     h[32..36].copy_from_slice(&header_crc.to_le_bytes());
     let mut hasher = crc32fast::Hasher::new();
@@ -191,6 +285,7 @@ pub fn encode_head(
     h[36..40].copy_from_slice(&hasher.finalize().to_le_bytes());
     out.extend_from_slice(&h);
     out.extend_from_slice(key);
+    out.extend_from_slice(payload);
 }
 
 /// Why the bytes at an offset are not a valid frame.
@@ -278,32 +373,41 @@ impl std::fmt::Display for FrameError {
     }
 }
 
-/// Decodes and checks the fixed header at the start of `b` (only the header CRC).
+/// Decodes and checks the fixed header at the start of `b` (only the header CRC),
+/// of either frame version (the magic says which).
 pub fn decode_header(b: &[u8]) -> Result<RecordHeader, FrameError> {
-    if b.len() < RECORD_HEADER_LEN {
+    if b.len() < 4 {
         return Err(FrameError::TruncatedHeader { available: b.len() });
     }
     let magic = le_u32(&b[0..4]);
-    if magic != RECORD_MAGIC {
-        return Err(FrameError::BadMagic { found: magic });
+    let (version, len, crc_at) = match magic {
+        RECORD_MAGIC => (2u8, RECORD_HEADER_LEN, 40),
+        RECORD_MAGIC_V1 => (1u8, RECORD_HEADER_LEN_V1, 32),
+        found => return Err(FrameError::BadMagic { found }),
+    };
+    if b.len() < len {
+        return Err(FrameError::TruncatedHeader { available: b.len() });
     }
-    let expected = le_u32(&b[32..36]);
-    let actual = crc32fast::hash(&b[0..32]);
+    let expected = le_u32(&b[crc_at..crc_at + 4]);
+    let actual = crc32fast::hash(&b[0..crc_at]);
     if expected != actual {
         return Err(FrameError::BadHeaderChecksum { expected, actual });
     }
     let header = RecordHeader {
+        version,
         payload_len: le_u32(&b[4..8]),
         seq: le_u64(&b[8..16]),
         received_at_nanos: le_u64(&b[16..24]),
         span_count: le_u32(&b[24..28]),
         key_len: u16::from_le_bytes([b[28], b[29]]),
         codec: Codec(b[30]),
-        record_crc: le_u32(&b[36..40]),
+        durable_through: if version == 2 { le_u64(&b[32..40]) } else { 0 },
+        record_crc: le_u32(&b[crc_at + 4..crc_at + 8]),
     };
     if b[31] != 0
         || header.key_len as usize > MAX_KEY_LEN
         || header.payload_len as u64 > MAX_PAYLOAD_LEN
+        || (version == 2 && header.durable_through >= header.seq)
     {
         return Err(FrameError::InvalidHeader);
     }
@@ -336,10 +440,11 @@ pub fn decode_frame(b: &[u8]) -> Result<Frame<'_>, FrameError> {
             available: b.len(),
         });
     }
+    let hl = header.header_len();
     let actual = {
         let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&b[0..32]);
-        hasher.update(&b[RECORD_HEADER_LEN..needed]);
+        hasher.update(&b[0..hl - 8]);
+        hasher.update(&b[hl..needed]);
         hasher.finalize()
     };
     if actual != header.record_crc {
@@ -350,22 +455,21 @@ pub fn decode_frame(b: &[u8]) -> Result<Frame<'_>, FrameError> {
             actual,
         });
     }
-    let key_end = RECORD_HEADER_LEN + header.key_len as usize;
+    let key_end = hl + header.key_len as usize;
     Ok(Frame {
         header,
-        key: &b[RECORD_HEADER_LEN..key_end],
+        key: &b[hl..key_end],
         payload: &b[key_end..needed],
     })
 }
 
-/// Searches `b` from `from` for the next offset holding a fully valid frame whose
-/// sequence number satisfies `accept`. Used to resynchronise after damage.
+/// Searches `b` from `from` for the next offset holding a fully valid frame (of
+/// either version) whose sequence number satisfies `accept`. Used to resynchronise
+/// after damage.
 pub fn resync(b: &[u8], from: usize, accept: impl Fn(u64) -> bool) -> Option<usize> {
-    let magic = RECORD_MAGIC.to_le_bytes();
     let mut pos = from;
-    while pos + RECORD_HEADER_LEN <= b.len() {
-        let idx = memfind(&b[pos..], &magic)?;
-        let at = pos + idx;
+    while pos + RECORD_HEADER_LEN_V1 <= b.len() {
+        let at = pos + memfind(&b[pos..])?;
         if let Ok(frame) = decode_frame(&b[at..]) {
             if accept(frame.header.seq) {
                 return Some(at);
@@ -376,16 +480,17 @@ pub fn resync(b: &[u8], from: usize, accept: impl Fn(u64) -> bool) -> Option<usi
     None
 }
 
-fn memfind(haystack: &[u8], needle: &[u8; 4]) -> Option<usize> {
-    // The first byte is rare in payloads; scanning for it and checking the rest is
-    // as fast as a general substring search for a 4-byte needle.
+/// The next offset where `TSR1` or `TSR2` starts.
+fn memfind(haystack: &[u8]) -> Option<usize> {
+    // 'T' is rare in payloads; scanning for it and checking the rest is as fast as
+    // a general substring search for a 4-byte needle.
     let mut start = 0;
     while start + 4 <= haystack.len() {
         let i = haystack[start..haystack.len() - 3]
             .iter()
-            .position(|&c| c == needle[0])?;
+            .position(|&c| c == b'T')?;
         let at = start + i;
-        if haystack[at..at + 4] == needle[..] {
+        if &haystack[at + 1..at + 3] == b"SR" && matches!(haystack[at + 3], b'1' | b'2') {
             return Some(at);
         }
         start = at + 1;
@@ -418,14 +523,31 @@ mod tests {
             first_seq: 1,
             created_at_nanos: 0,
             wal_id: [0xAB; 16],
+            skipped_from: 0x0102,
         };
         let b = h.encode();
         assert_eq!(&b[0..8], b"TSPOOLWL");
-        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+        assert_eq!(&b[8..12], &[2, 0, 0, 0]);
         assert_eq!(&b[12..16], &[64, 0, 0, 0]);
         assert_eq!(&b[16..24], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[32..48], &[0xAB; 16]);
+        assert_eq!(&b[48..56], &[2, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&b[56..60], &[0; 4]);
         assert_eq!(&b[60..64], &crc32fast::hash(&b[0..60]).to_le_bytes());
-        assert_eq!(SegmentHeader::decode(&b), Ok(h));
+        assert_eq!(SegmentHeader::decode_versioned(&b), Ok((h, 2)));
+    }
+
+    #[test]
+    fn version_1_segment_headers_are_still_read() {
+        let h = SegmentHeader {
+            first_seq: 9,
+            created_at_nanos: 3,
+            wal_id: [7; 16],
+            skipped_from: 0,
+        };
+        let b = h.encode_v1();
+        assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+        assert_eq!(SegmentHeader::decode_versioned(&b), Ok((h, 1)));
     }
 
     #[test]
@@ -434,14 +556,15 @@ mod tests {
             first_seq: 7,
             created_at_nanos: 9,
             wal_id: [1; 16],
+            skipped_from: 0,
         };
         let mut b = h.encode();
-        b[8] = 2;
+        b[8] = 3;
         let crc = crc32fast::hash(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             SegmentHeader::decode(&b),
-            Err(SegmentHeaderError::UnsupportedVersion { found: 2 })
+            Err(SegmentHeaderError::UnsupportedVersion { found: 3 })
         );
         let mut b = h.encode();
         b[20] ^= 1;
@@ -458,9 +581,9 @@ mod tests {
     #[test]
     fn record_frame_known_answer() {
         let mut out = Vec::new();
-        encode_record(&mut out, 0x0102, 5, 3, Codec(1), b"k", b"payload");
-        assert_eq!(out.len(), 40 + 1 + 7);
-        assert_eq!(&out[0..4], b"TSR1");
+        encode_record(&mut out, 0x0102, 5, 3, Codec(1), 0x0101, b"k", b"payload");
+        assert_eq!(out.len(), 48 + 1 + 7);
+        assert_eq!(&out[0..4], b"TSR2");
         assert_eq!(&out[4..8], &[7, 0, 0, 0]);
         assert_eq!(&out[8..16], &[2, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&out[16..24], &[5, 0, 0, 0, 0, 0, 0, 0]);
@@ -468,30 +591,59 @@ mod tests {
         assert_eq!(&out[28..30], &[1, 0]);
         assert_eq!(out[30], 1);
         assert_eq!(out[31], 0);
-        assert_eq!(&out[32..36], &crc32fast::hash(&out[0..32]).to_le_bytes());
-        let mut all = out[0..32].to_vec();
+        assert_eq!(&out[32..40], &[1, 1, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&out[40..44], &crc32fast::hash(&out[0..40]).to_le_bytes());
+        let mut all = out[0..40].to_vec();
         all.extend_from_slice(b"kpayload");
-        assert_eq!(&out[36..40], &crc32fast::hash(&all).to_le_bytes());
+        assert_eq!(&out[44..48], &crc32fast::hash(&all).to_le_bytes());
         let f = decode_frame(&out).unwrap();
+        assert_eq!(f.header.version, 2);
         assert_eq!(f.header.seq, 0x0102);
         assert_eq!(f.header.span_count, 3);
+        assert_eq!(f.header.durable_through, 0x0101);
         assert_eq!(f.key, b"k");
         assert_eq!(f.payload, b"payload");
         assert_eq!(f.frame_len(), out.len());
     }
 
     #[test]
-    fn every_single_byte_flip_is_detected() {
+    fn version_1_frames_are_still_read() {
         let mut out = Vec::new();
-        encode_record(&mut out, 42, 1, 1, Codec(1), b"key", &[7u8; 100]);
-        for i in 0..out.len() {
-            for bit in 0..8 {
-                let mut c = out.clone();
-                c[i] ^= 1 << bit;
-                assert!(
-                    decode_frame(&c).is_err(),
-                    "flip of bit {bit} at {i} undetected"
-                );
+        encode_record_v1(&mut out, 0x0102, 5, 3, Codec(1), b"k", b"payload");
+        assert_eq!(out.len(), 40 + 1 + 7);
+        assert_eq!(&out[0..4], b"TSR1");
+        assert_eq!(&out[32..36], &crc32fast::hash(&out[0..32]).to_le_bytes());
+        let f = decode_frame(&out).unwrap();
+        assert_eq!(f.header.version, 1);
+        assert_eq!(f.header.durable_through, 0);
+        assert_eq!((f.key, f.payload), (&b"k"[..], &b"payload"[..]));
+    }
+
+    #[test]
+    fn a_frame_claiming_its_own_seq_durable_is_invalid() {
+        let mut out = Vec::new();
+        encode_record(&mut out, 5, 0, 1, Codec(1), 5, b"", b"x");
+        assert_eq!(decode_frame(&out).unwrap_err(), FrameError::InvalidHeader);
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_detected() {
+        for v1 in [false, true] {
+            let mut out = Vec::new();
+            if v1 {
+                encode_record_v1(&mut out, 42, 1, 1, Codec(1), b"key", &[7u8; 100]);
+            } else {
+                encode_record(&mut out, 42, 1, 1, Codec(1), 41, b"key", &[7u8; 100]);
+            }
+            for i in 0..out.len() {
+                for bit in 0..8 {
+                    let mut c = out.clone();
+                    c[i] ^= 1 << bit;
+                    assert!(
+                        decode_frame(&c).is_err(),
+                        "flip of bit {bit} at {i} undetected (v1: {v1})"
+                    );
+                }
             }
         }
     }
@@ -499,7 +651,7 @@ mod tests {
     #[test]
     fn every_truncation_is_detected() {
         let mut out = Vec::new();
-        encode_record(&mut out, 42, 1, 1, Codec(1), b"key", &[7u8; 100]);
+        encode_record(&mut out, 42, 1, 1, Codec(1), 0, b"key", &[7u8; 100]);
         for len in 0..out.len() {
             assert!(
                 decode_frame(&out[..len]).is_err(),
@@ -511,12 +663,15 @@ mod tests {
     #[test]
     fn resync_finds_next_valid_frame_after_garbage() {
         let mut out = vec![0x31u8; 13]; // garbage, includes stray 'T'-less bytes
-        out.extend_from_slice(b"TSR1 not a header at all........................");
+        out.extend_from_slice(b"TSR2 not a header at all................................");
         let at = out.len();
-        encode_record(&mut out, 9, 1, 1, Codec(1), b"", b"x");
+        encode_record(&mut out, 9, 1, 1, Codec(1), 8, b"", b"x");
         assert_eq!(resync(&out, 0, |_| true), Some(at));
         assert_eq!(resync(&out, 0, |s| s > 9), None);
         assert_eq!(resync(&out, at + 1, |_| true), None);
+        let at1 = out.len();
+        encode_record_v1(&mut out, 10, 1, 1, Codec(1), b"", b"y");
+        assert_eq!(resync(&out, at + 1, |_| true), Some(at1));
     }
 
     proptest::proptest! {
@@ -534,16 +689,19 @@ mod tests {
             at in proptest::prelude::any::<u64>(),
             spans in proptest::prelude::any::<u32>(),
             codec in proptest::prelude::any::<u8>(),
+            durable_back in 1u64..1000,
             key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..MAX_KEY_LEN),
             payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
         ) {
+            let durable = seq.saturating_sub(durable_back);
             let mut out = vec![0xEEu8; 7];
-            encode_record(&mut out, seq, at, spans, Codec(codec), &key, &payload);
+            encode_record(&mut out, seq, at, spans, Codec(codec), durable, &key, &payload);
             let f = decode_frame(&out[7..]).unwrap();
             proptest::prop_assert_eq!(f.header.seq, seq);
             proptest::prop_assert_eq!(f.header.received_at_nanos, at);
             proptest::prop_assert_eq!(f.header.span_count, spans);
             proptest::prop_assert_eq!(f.header.codec, Codec(codec));
+            proptest::prop_assert_eq!(f.header.durable_through, durable);
             proptest::prop_assert_eq!(f.key, &key[..]);
             proptest::prop_assert_eq!(f.payload, &payload[..]);
             proptest::prop_assert_eq!(resync(&out, 0, |_| true), Some(7));

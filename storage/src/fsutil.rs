@@ -82,7 +82,22 @@ pub enum LockError {
     Io(io::Error),
 }
 
+/// Takes the lock, waiting up to two seconds while it is held: a tool's probe
+/// (`offline::forwarder_running`) holds a shared lock for a moment and must not make
+/// a starting forwarder fail.
 pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match try_lock_dir(dir) {
+            Err(LockError::Held) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn try_lock_dir(dir: &Path) -> Result<DirLock, LockError> {
     let path = dir.join("LOCK");
     let file = OpenOptions::new()
         .read(true)

@@ -8,10 +8,12 @@
 //! |--------------|--------------------------------------------------------------------|
 //! | [`format`]   | segment header and record frame, CRC-32/IEEE, resynchronisation    |
 //! | `writer`     | the writer thread: group commit, rotation, budget, eviction, retention |
-//! | `recovery`   | opening: header checks, tail scan, torn-tail cut                   |
-//! | `reader`     | in-order reads through memory maps, gaps for damage and evictions  |
-//! | `cursor`     | named durable positions with out-of-order acks                     |
-//! | `meta`       | sled trees: log identity, seq floor, cursors, damage registry      |
+//! | `recovery`   | opening: header checks, tail scan, torn-tail cut, the next seq     |
+//! | `reader`     | in-order reads with `pread`, gaps for damage, evictions, skips     |
+//! | `cursor`     | named durable positions with out-of-order acks, in their own files |
+//! | `state`      | `wal.state`: the log's identity and the bound on assigned seqs     |
+//! | `slots`      | small records in two alternating slots, preallocated               |
+//! | `meta`       | sled trees: segment delivery times, damage registry                |
 //! | `wal`        | the [`Wal`] handle tying them together                             |
 //!
 //! Data path: `append` → writer thread (W1 write, W2 fdatasync, W3 publish) →
@@ -33,18 +35,23 @@ mod reader;
 mod recovery;
 mod segment;
 mod shared;
+mod slots;
+mod state;
 mod types;
 mod wal;
 mod writer;
 
 pub use backlog::Backlog;
 pub use config::{FsyncPolicy, WalConfig, WhenFull, GIB, MIB};
-pub use cursor::Cursor;
+pub use cursor::{Ack, Cursor, MAX_PERSISTED_RANGES};
 pub use error::{AppendError, CursorError, FullReason, OpenError, ReadError};
 pub use format::{Codec, MAX_KEY_LEN};
 pub use reader::Reader;
 pub use types::{
     Appended, CursorLoss, CursorStart, EventHook, Eviction, Gap, GapCause, LostRange, NewRecord,
-    ReadItem, Record, RecoveryReport, TornTail, WalEvent, WalStats,
+    Quarantine, ReadItem, Record, RecoveryReport, SkippedSeqs, TornTail, WalEvent, WalStats,
 };
 pub use wal::Wal;
+
+#[doc(hidden)]
+pub use state::forget_clean_close as __forget_clean_close;

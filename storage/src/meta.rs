@@ -1,16 +1,18 @@
-//! Small durable metadata in sled: the log's identity, cursor positions, the seq
-//! floor, delivery times of segments and the registry of damaged ranges.
-//! Never payloads.
+//! Small metadata in sled that the log can do without: delivery times of segments
+//! (for `retain_delivered`) and the registry of damaged ranges (so each is reported
+//! once). Never payloads. What the log cannot do without — its identity, the seq
+//! bound, cursor positions — lives in files of its own (`state.rs`, `cursor.rs`),
+//! because sled stops for good after one I/O error (a full disk, a bad sector).
 //!
 //! Trees (keys are big-endian so they sort numerically):
 //!
 //! | tree           | key              | value                                        |
 //! |----------------|------------------|----------------------------------------------|
-//! | `wal`          | `"wal_id"`       | 16 random bytes                              |
-//! | `wal`          | `"seq_floor"`    | u64: no seq below this will ever be assigned |
-//! | `cursors`      | cursor name      | u64: highest contiguous acknowledged seq     |
 //! | `delivered_at` | segment first seq| u64: ns since epoch when every cursor passed |
 //! | `damage`       | segment, offset  | encoded [`LostRange`]                        |
+//!
+//! Logs written by earlier versions kept the identity, the seq floor and cursor
+//! positions in trees `wal` and `cursors`; they are read once, at the first open.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,7 +24,7 @@ use crate::LostRange;
 pub(crate) struct Meta {
     db: sled::Db,
     wal: sled::Tree,
-    pub cursors: sled::Tree,
+    cursors: sled::Tree,
     delivered_at: sled::Tree,
     damage: sled::Tree,
 }
@@ -81,6 +83,28 @@ impl Meta {
         self.db.flush().map(|_| ())
     }
 
+    /// Opens a throwaway store outside the data directory, for when the real one
+    /// cannot be opened (a full disk): nothing in it survives a restart.
+    pub fn temporary() -> Result<Self, OpenError> {
+        let err = |source| OpenError::Meta {
+            path: std::path::PathBuf::from("<temporary>"),
+            source,
+        };
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(4 * 1024 * 1024)
+            .open()
+            .map_err(err)?;
+        Ok(Self {
+            wal: db.open_tree("wal").map_err(err)?,
+            cursors: db.open_tree("cursors").map_err(err)?,
+            delivered_at: db.open_tree("delivered_at").map_err(err)?,
+            damage: db.open_tree("damage").map_err(err)?,
+            db,
+        })
+    }
+
+    /// The identity an earlier version kept here.
     pub fn wal_id(&self) -> sled::Result<Option<[u8; 16]>> {
         Ok(self
             .wal
@@ -88,12 +112,7 @@ impl Meta {
             .and_then(|v| <[u8; 16]>::try_from(&v[..]).ok()))
     }
 
-    pub fn set_wal_id(&self, id: [u8; 16]) -> sled::Result<()> {
-        self.wal.insert("wal_id", &id[..])?;
-        self.db.flush()?;
-        Ok(())
-    }
-
+    /// The seq floor an earlier version kept here (1 if none).
     pub fn seq_floor(&self) -> sled::Result<u64> {
         Ok(self
             .wal
@@ -102,15 +121,7 @@ impl Meta {
             .unwrap_or(1))
     }
 
-    /// Records that no seq below `floor` will be assigned again. `durable` flushes.
-    pub fn set_seq_floor(&self, floor: u64, durable: bool) -> sled::Result<()> {
-        self.wal.insert("seq_floor", &be(floor))?;
-        if durable {
-            self.db.flush()?;
-        }
-        Ok(())
-    }
-
+    /// Cursor positions an earlier version kept here.
     pub fn cursor_positions(&self) -> sled::Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
         for kv in self.cursors.iter() {
@@ -122,13 +133,11 @@ impl Meta {
         Ok(out)
     }
 
-    pub fn set_cursor(&self, name: &str, position: u64) -> sled::Result<()> {
-        self.cursors.insert(name, &be(position))?;
-        Ok(())
-    }
-
-    pub fn remove_cursor(&self, name: &str) -> sled::Result<()> {
-        self.cursors.remove(name)?;
+    /// Forgets the identity, floor and cursors of an earlier version once they
+    /// live in the log's own files.
+    pub fn forget_legacy(&self) -> sled::Result<()> {
+        self.wal.clear()?;
+        self.cursors.clear()?;
         self.db.flush()?;
         Ok(())
     }

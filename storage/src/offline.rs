@@ -1,11 +1,12 @@
 //! Reading a log from outside the process that owns it: for the command-line tools,
 //! on a stopped forwarder's data directory or beside a running one.
 //!
-//! Nothing here locks, writes, or maps files: segments are read with plain reads
-//! into memory, one at a time, so a running forwarder deleting or growing a segment
+//! Nothing here locks, writes, or maps files: segments are read with `pread` into
+//! memory, one at a time, so a running forwarder deleting or growing a segment
 //! cannot crash the reader (a segment deleted meanwhile is reported as gone; one
-//! whose blocks were released reads as damaged). Frames are checked with the same
-//! rules as recovery and the in-process reader (`FORMAT.md`).
+//! whose blocks were released reads as damaged), and a bad sector reads as damage
+//! rather than failing the whole file. Frames are checked with the same rules as
+//! recovery and the in-process reader (`FORMAT.md`).
 
 use std::fs;
 use std::io;
@@ -15,7 +16,7 @@ use bytes::Bytes;
 
 use crate::format::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::fsutil::parse_segment_file_name;
-use crate::segment::{scan_at, Scan, RECORDS_START};
+use crate::segment::{read_region, scan_at, Scan, RECORDS_START};
 use crate::types::{time_from_nanos, LostRange, Record};
 
 /// A segment file as found on disk.
@@ -37,12 +38,18 @@ pub fn list_segments(data_dir: &Path) -> io::Result<Vec<SegmentFile>> {
         let Some(first_seq) = entry.file_name().to_str().and_then(parse_segment_file_name) else {
             continue;
         };
+        // Never open something named like a segment that is not a file (a FIFO
+        // would block the tool).
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
         let path = entry.path();
         let Ok(bytes) = read_prefix(&path, SEGMENT_HEADER_LEN) else {
             continue; // deleted meanwhile
         };
         let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let header_error = match SegmentHeader::decode(&bytes) {
+            _ if bytes.len() < SEGMENT_HEADER_LEN => Some("header unreadable or short".into()),
             Ok(h) if h.first_seq != first_seq => {
                 Some(format!("header says first seq {}", h.first_seq))
             }
@@ -61,10 +68,13 @@ pub fn list_segments(data_dir: &Path) -> io::Result<Vec<SegmentFile>> {
 }
 
 fn read_prefix(path: &Path, n: usize) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = Vec::with_capacity(n);
-    fs::File::open(path)?.take(n as u64).read_to_end(&mut buf)?;
-    Ok(buf)
+    let f = fs::File::open(path)?;
+    let r = read_region(&f, 0, n)?;
+    if r.unreadable.is_empty() {
+        Ok(r.bytes)
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 /// Whether a forwarder holds the data directory's lock right now (tools say so and
@@ -102,7 +112,9 @@ pub fn read_segment(
     next_first_seq: Option<u64>,
     with_payloads: bool,
 ) -> io::Result<SegmentContents> {
-    let bytes = fs::read(&segment.path)?;
+    let f = fs::File::open(&segment.path)?;
+    let len = f.metadata()?.len() as usize;
+    let bytes = read_region(&f, 0, len)?.bytes;
     Ok(scan_segment(
         &bytes,
         segment.first_seq,
@@ -146,7 +158,7 @@ pub fn scan_segment(
                             "records missing".into(),
                         ));
                     }
-                    let key_start = at + crate::format::RECORD_HEADER_LEN;
+                    let key_start = at + frame.header.header_len();
                     let key_end = key_start + frame.key.len();
                     out.records.push(Record {
                         seq,

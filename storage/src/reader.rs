@@ -1,5 +1,10 @@
-//! Readers stream records in seq order from any position, through read-only
-//! mappings of the segment files (sealed and active), without copying payloads.
+//! Readers stream records in seq order from any position, reading segment files
+//! (sealed and active) with `pread` into a window of a few MiB; the payloads they
+//! hand out are slices of that window, not copies.
+//!
+//! Nothing is mapped: a bad sector under a mapping would kill the process with
+//! SIGBUS, while a `pread` of it fails with EIO, and the reader treats the
+//! unreadable bytes as damage (skipped, reported with their range, counted).
 //!
 //! A reader only returns records at or below the published watermark: records that
 //! are durable under the configured fsync policy. Damage and evictions surface as
@@ -14,14 +19,22 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::error::ReadError;
-use crate::segment::{scan_at, MapSlice, Scan, SegmentMap, RECORDS_START};
+use crate::segment::{read_region, scan_at, InUseGuard, Scan, RECORDS_START};
 use crate::shared::{Shared, Watermark};
 use crate::types::{time_from_nanos, Gap, GapCause, LostRange, ReadItem, Record};
 
-/// Position inside one mapped segment.
+/// How much of a segment a reader reads at once.
+const WINDOW: usize = 4 << 20;
+
+/// Position inside one segment.
 struct Pos {
     segment: u64,
-    map: Arc<SegmentMap>,
+    file: File,
+    /// File bytes `[window_start, window_start + window.len())`.
+    window: Bytes,
+    window_start: usize,
+    /// Unreadable ranges met in this segment (file offsets), for damage reasons.
+    unreadable: Vec<(u64, u64)>,
     /// Offset of the next frame to look at.
     offset: usize,
     /// Seq of the last valid frame before `offset` (segment first seq − 1 at start).
@@ -31,12 +44,41 @@ struct Pos {
     sealed_len: Option<u64>,
     /// First seq of the following segment, once known.
     next_segment: Option<u64>,
-    /// Bytes before this offset have been released from the resident set.
-    released: usize,
+    /// Seqs `skipped_from..next_segment` were never assigned (the next segment's
+    /// header says so): no damage.
+    next_skipped_from: u64,
+    _in_use: InUseGuard,
 }
 
-/// A reader gives back the resident pages behind it every this many bytes.
-const RELEASE_STEP: usize = 4 << 20;
+impl Pos {
+    fn window_end(&self) -> usize {
+        self.window_start + self.window.len()
+    }
+
+    /// Reads file bytes `[from, to)` into the window.
+    fn fill(&mut self, from: usize, to: usize) -> io::Result<()> {
+        let region = read_region(&self.file, from as u64, to.saturating_sub(from))?;
+        for r in &region.unreadable {
+            if !self.unreadable.contains(r) {
+                self.unreadable.push(*r);
+            }
+        }
+        self.window = Bytes::from(region.bytes);
+        self.window_start = from;
+        Ok(())
+    }
+
+    fn io_reason(&self, from: usize, to: usize, error: &dyn std::fmt::Display) -> String {
+        match self
+            .unreadable
+            .iter()
+            .find(|&&(a, b)| (a as usize) < to.max(from + 1) && from < b as usize)
+        {
+            Some(&(a, b)) => format!("read error (I/O) at bytes {a}..{b}: {error}"),
+            None => error.to_string(),
+        }
+    }
+}
 
 enum Step {
     Item(ReadItem),
@@ -53,6 +95,8 @@ pub struct Reader {
     wm: watch::Receiver<Watermark>,
     next_seq: u64,
     pos: Option<Pos>,
+    /// A cursor's reader skips the records acknowledged above its position.
+    acked: Option<Arc<crate::cursor::CursorState>>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -71,7 +115,14 @@ impl Reader {
             wm,
             next_seq: from_seq.max(1),
             pos: None,
+            acked: None,
         }
+    }
+
+    /// A reader that does not return records `cursor` has already acknowledged.
+    pub(crate) fn skipping_acked(mut self, cursor: Arc<crate::cursor::CursorState>) -> Self {
+        self.acked = Some(cursor);
+        self
     }
 
     /// The seq the next returned item starts at.
@@ -117,7 +168,7 @@ impl Reader {
                 return Ok(Some(self.skip_to(to, GapCause::NotRetained)));
             }
             if self.pos.is_none() {
-                if let Some(gap) = self.position(&wm)? {
+                if let Some(gap) = self.position()? {
                     return Ok(Some(gap));
                 }
                 if self.pos.is_none() {
@@ -125,6 +176,8 @@ impl Reader {
                 }
             }
             match self.step(&wm)? {
+                Step::Item(ReadItem::Record(r))
+                    if self.acked.as_ref().is_some_and(|c| c.is_acked(r.seq)) => {}
                 Step::Item(item) => return Ok(Some(item)),
                 Step::Again => {}
                 Step::Idle => return Ok(None),
@@ -143,9 +196,9 @@ impl Reader {
         ReadItem::Gap(gap)
     }
 
-    /// Maps the segment holding `next_seq`. Returns a gap if `next_seq` is older
+    /// Opens the segment holding `next_seq`. Returns a gap if `next_seq` is older
     /// than anything on disk.
-    fn position(&mut self, wm: &Watermark) -> Result<Option<ReadItem>, ReadError> {
+    fn position(&mut self) -> Result<Option<ReadItem>, ReadError> {
         loop {
             let (entry, next_segment, first) = {
                 let table = self.shared.table.read().unwrap();
@@ -163,8 +216,26 @@ impl Reader {
             let path = self.shared.segment_path(entry.first_seq);
             let file = match File::open(&path) {
                 Ok(f) => f,
-                // Deleted between the lookup and the open: look again.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let listed = self
+                        .shared
+                        .table
+                        .read()
+                        .unwrap()
+                        .locate(entry.first_seq)
+                        .is_some_and(|(e, _)| e.first_seq == entry.first_seq);
+                    if !listed {
+                        // Deleted between the lookup and the open: look again.
+                        continue;
+                    }
+                    // Gone from disk though the table lists it (its deletion was
+                    // reported, then the directory sync failed): skip it.
+                    tracing::warn!(segment = %path.display(), "segment listed but not on disk; skipping it");
+                    let to = next_segment
+                        .unwrap_or(self.next_seq + 1)
+                        .max(self.next_seq + 1);
+                    return Ok(Some(self.skip_to(to, GapCause::NotRetained)));
+                }
                 Err(source) => {
                     return Err(ReadError::Io {
                         op: "open segment",
@@ -173,26 +244,22 @@ impl Reader {
                     })
                 }
             };
-            let (map_len, sealed_len) = if entry.sealed {
-                (entry.len, Some(entry.len))
-            } else {
-                let want = self.shared.cfg.segment_bytes.max(wm.active_len);
-                (want, None)
-            };
-            let map = SegmentMap::map_tracked(&file, map_len, &self.shared.maps, entry.first_seq)
-                .map_err(|source| ReadError::Io {
-                op: "map segment",
-                path,
-                source,
-            })?;
+            let sealed_len = entry.sealed.then_some(entry.len);
+            let next_skipped_from = next_segment
+                .map(|n| self.shared.skipped_from(n))
+                .unwrap_or(0);
             self.pos = Some(Pos {
                 segment: entry.first_seq,
-                map,
+                file,
+                window: Bytes::new(),
+                window_start: RECORDS_START,
+                unreadable: Vec::new(),
                 offset: RECORDS_START,
                 last_good: entry.first_seq - 1,
                 sealed_len,
                 next_segment,
-                released: 0,
+                next_skipped_from,
+                _in_use: self.shared.in_use.hold(entry.first_seq),
             });
             return Ok(None);
         }
@@ -200,15 +267,20 @@ impl Reader {
 
     /// Looks at the frame at the current position.
     fn step(&mut self, wm: &Watermark) -> Result<Step, ReadError> {
+        let shared = self.shared.clone();
         let pos = self.pos.as_mut().expect("positioned");
         // How far this segment may be read.
         if pos.sealed_len.is_none() && pos.segment != wm.active_segment {
-            // Sealed since we mapped it: learn its final length and successor.
-            let table = self.shared.table.read().unwrap();
+            // Sealed since we opened it: learn its final length and successor.
+            let table = shared.table.read().unwrap();
             if let Some((e, next)) = table.locate(pos.segment) {
                 if e.first_seq == pos.segment && e.sealed {
                     pos.sealed_len = Some(e.len);
                     pos.next_segment = next;
+                    pos.next_skipped_from = next
+                        .and_then(|n| table.locate(n))
+                        .map(|(e, _)| e.skipped_from)
+                        .unwrap_or(0);
                 }
             }
             if pos.sealed_len.is_none() {
@@ -221,104 +293,113 @@ impl Reader {
             Some(len) => len,
             None => wm.active_len,
         } as usize;
-        if limit > pos.map.len() {
-            // The segment outgrew the mapping (a record larger than segment_bytes).
-            self.pos = None;
-            return Ok(Step::Again);
-        }
         let last_good = pos.last_good;
-        match scan_at(&pos.map, pos.offset, limit, last_good) {
+        if pos.offset >= limit {
+            return Ok(self.segment_end());
+        }
+        let path = shared.segment_path(pos.segment);
+        let io = |source| ReadError::Io {
+            op: "read segment",
+            path: path.clone(),
+            source,
+        };
+        if pos.offset < pos.window_start || pos.offset >= pos.window_end() {
+            let to = limit.min(pos.offset + WINDOW);
+            pos.fill(pos.offset, to).map_err(io)?;
+        }
+        // A frame, or damage that the window may only seem to show (a frame cut by
+        // the window's end, a valid frame beyond it): then read the rest.
+        let conclusive = |pos: &Pos| {
+            let rel_limit = limit.min(pos.window_end()) - pos.window_start;
+            matches!(
+                scan_at(
+                    &pos.window,
+                    pos.offset - pos.window_start,
+                    rel_limit,
+                    last_good
+                ),
+                Scan::Frame { .. }
+            ) || pos.window_end() >= limit
+        };
+        if !conclusive(pos) {
+            pos.fill(pos.offset, limit).map_err(io)?;
+        }
+        let ws = pos.window_start;
+        let rel_limit = limit.min(pos.window_end()) - ws;
+        let window = pos.window.clone();
+        match scan_at(&window, pos.offset - ws, rel_limit, last_good) {
             Scan::Frame { offset, frame } => {
+                let abs = offset + ws;
                 let seq = frame.header.seq;
                 let len = frame.frame_len();
                 if seq < self.next_seq {
-                    pos.offset = offset + len;
+                    pos.offset = abs + len;
                     pos.last_good = pos.last_good.max(seq);
                     return Ok(Step::Again);
                 }
-                if seq > self.next_seq {
+                if seq > self.next_seq && seq > last_good + 1 {
                     // Valid frames, but seqs missing between them.
                     let lost = LostRange {
                         first_seq: last_good + 1,
                         last_seq: seq - 1,
                         segment: pos.segment,
-                        offset: offset as u64,
+                        offset: abs as u64,
                         spans: None,
                         reason: format!(
-                            "records {}..={} missing before offset {offset}",
+                            "records {}..={} missing before offset {abs}",
                             last_good + 1,
                             seq - 1
                         ),
                     };
                     return Ok(self.damaged(lost));
                 }
-                let key_start = offset + crate::format::RECORD_HEADER_LEN;
+                let key_start = offset + frame.header.header_len();
                 let key_end = key_start + frame.key.len();
                 let record = Record {
                     seq,
                     received_at: time_from_nanos(frame.header.received_at_nanos),
                     span_count: frame.header.span_count,
                     codec: frame.header.codec,
-                    idempotency_key: slice(&pos.map, key_start, key_end),
-                    payload: slice(&pos.map, key_end, offset + len),
+                    idempotency_key: window.slice(key_start..key_end),
+                    payload: window.slice(key_end..offset + len),
                 };
-                pos.offset = offset + len;
+                pos.offset = abs + len;
                 pos.last_good = seq;
                 self.next_seq = seq + 1;
-                if pos.offset - pos.released >= RELEASE_STEP {
-                    // Keep the page holding the current offset.
-                    let upto = pos.offset & !0xFFF;
-                    pos.map.release(pos.released, upto);
-                    pos.released = upto;
-                }
                 Ok(Step::Item(ReadItem::Record(record)))
             }
-            Scan::End => {
-                if pos.sealed_len.is_none() {
-                    // Caught up with the visible end of the active segment.
-                    return Ok(Step::Idle);
-                }
-                let segment = pos.segment;
-                let next = pos.next_segment;
-                let offset = pos.offset;
-                self.pos = None;
-                match next {
-                    Some(next) if self.next_seq < next => {
-                        // The segment ends before the seqs it should hold: truncated.
-                        let lost = LostRange {
-                            first_seq: last_good + 1,
-                            last_seq: next - 1,
-                            segment,
-                            offset: offset as u64,
-                            spans: None,
-                            reason: format!("segment ends at byte {offset}; records {}..={} missing (truncated)", last_good + 1, next - 1),
-                        };
-                        Ok(self.damaged(lost))
-                    }
-                    _ => Ok(Step::Again),
-                }
-            }
+            Scan::End => Ok(self.segment_end()),
             Scan::Damage(d) => {
+                let damage_at = d.offset + ws;
                 let (resume_at, last_lost) = match d.resume {
-                    Some((at, seq)) => (at, seq - 1),
+                    Some((at, seq)) => (at + ws, seq - 1),
                     None => {
                         let end = match pos.sealed_len {
-                            Some(_) => pos.next_segment.map(|n| n - 1).unwrap_or(wm.last_seq),
+                            Some(_) => match pos.next_segment {
+                                Some(n)
+                                    if pos.next_skipped_from > 0 && pos.next_skipped_from < n =>
+                                {
+                                    pos.next_skipped_from - 1
+                                }
+                                Some(n) => n - 1,
+                                None => wm.last_seq,
+                            },
                             None => wm.last_seq,
                         };
                         (limit, end)
                     }
                 };
                 let first_lost = last_good + 1;
+                let reason = pos.io_reason(damage_at, resume_at, &d.error);
                 pos.offset = resume_at;
                 pos.last_good = last_lost.max(last_good);
                 if last_lost < first_lost {
                     // Damaged bytes that held no record (e.g. garbage after the
                     // last frame of a sealed segment): nothing lost.
                     tracing::warn!(
-                        segment = %self.shared.segment_path(pos.segment).display(),
-                        offset = d.offset,
-                        error = %d.error,
+                        segment = %path.display(),
+                        offset = damage_at,
+                        error = %reason,
                         "damaged bytes without records skipped"
                     );
                     return Ok(Step::Again);
@@ -327,17 +408,66 @@ impl Reader {
                     first_seq: first_lost,
                     last_seq: last_lost,
                     segment: pos.segment,
-                    offset: d.offset as u64,
+                    offset: damage_at as u64,
                     spans: if first_lost == last_lost {
                         d.spans
                     } else {
                         None
                     },
-                    reason: d.error.to_string(),
+                    reason,
                 };
                 Ok(self.damaged(lost))
             }
         }
+    }
+
+    /// The end of the current segment: on to the next one, reporting the seqs the
+    /// segment should have held and does not (unless the next segment's header says
+    /// they were never assigned).
+    fn segment_end(&mut self) -> Step {
+        let pos = self.pos.as_mut().expect("positioned");
+        if pos.sealed_len.is_none() {
+            // Caught up with the visible end of the active segment.
+            return Step::Idle;
+        }
+        let (segment, offset, last_good) = (pos.segment, pos.offset, pos.last_good);
+        let Some(next) = pos.next_segment else {
+            self.pos = None;
+            return Step::Again;
+        };
+        let skipped_from = match pos.next_skipped_from {
+            s if s > 0 && s < next => s,
+            _ => next,
+        };
+        if last_good + 1 < skipped_from && self.next_seq < skipped_from {
+            // The segment ends before the seqs it should hold: truncated.
+            let lost = LostRange {
+                first_seq: last_good + 1,
+                last_seq: skipped_from - 1,
+                segment,
+                offset: offset as u64,
+                spans: None,
+                reason: format!(
+                    "segment ends at byte {offset}; records {}..={} missing (truncated)",
+                    last_good + 1,
+                    skipped_from - 1
+                ),
+            };
+            return self.damaged(lost);
+        }
+        self.pos = None;
+        if self.next_seq < next {
+            // Seqs skipped when the log reopened after an unclean stop: never
+            // records, nothing lost.
+            let gap = Gap {
+                first_seq: self.next_seq,
+                last_seq: next - 1,
+                cause: GapCause::Skipped,
+            };
+            self.next_seq = next;
+            return Step::Item(ReadItem::Gap(gap));
+        }
+        Step::Again
     }
 
     /// Reports `lost` (once, log-wide) and returns the part of it this reader skips,
@@ -358,15 +488,4 @@ impl Reader {
         self.next_seq = lost.last_seq + 1;
         Step::Item(ReadItem::Gap(gap))
     }
-}
-
-fn slice(map: &Arc<SegmentMap>, start: usize, end: usize) -> Bytes {
-    if start == end {
-        return Bytes::new();
-    }
-    Bytes::from_owner(MapSlice {
-        map: map.clone(),
-        start,
-        end,
-    })
 }

@@ -1,41 +1,67 @@
-//! Opening a log: find the segments, check their headers, and repair the tail.
+//! Opening a log: find the segments, check their headers, repair the tail, and
+//! choose the next seq so that none is ever assigned twice.
 //!
 //! Recovery policy **"cut the torn tail, skip the damage, never refuse"**:
 //!
 //! 1. Leftover `*.seg.tmp` files (a segment creation interrupted before C4) are
-//!    deleted: they never held a record.
+//!    deleted: they never held a record. Anything named like a segment that is not
+//!    a regular file (a directory, a symlink, a FIFO) is moved to `quarantine/`
+//!    without being opened.
 //! 2. Sealed segments are not scanned (open time must not grow with the log): only
-//!    their 64-byte headers are read. Damage inside them is found by readers, which
-//!    skip it and report the exact seq range.
-//! 3. The active (last) segment is scanned frame by frame. A damaged frame followed
-//!    by a valid one is skipped and its seq range reported as lost. A damaged frame
-//!    with nothing valid after it is a torn tail (an append that never completed):
-//!    the bytes are copied to `quarantine/` and cut off.
-//! 4. The active segment is `fdatasync`ed before its records become visible, so
+//!    their 64-byte headers are read, with `pread` (an unreadable header is damage,
+//!    not a refusal). A segment of another log, or named beyond every seq this log
+//!    ever assigned, or with neither a valid header nor a single valid record, is
+//!    quarantined. Damage inside sealed segments is found by readers.
+//! 3. The active (last) segment is read and scanned frame by frame. Version-2
+//!    frames carry `durable_through`, the seq every record up to which was synced
+//!    before the frame was written. Damage to records at or below the highest
+//!    `durable_through` is damage to durable records: reported as lost, skipped.
+//!    Damage above it lies in the last group written, which may never have been
+//!    synced: the bytes from there on are a torn tail — copied to `quarantine/`,
+//!    reported, cut off — even if a valid frame follows (pages of an unsynced group
+//!    reach the disk in any order; that frame was never acknowledged under
+//!    `fsync = always`, nor exported).
+//! 4. The active segment is `fdatasync`ed before anything in it becomes visible, so
 //!    nothing a reader delivers can vanish in a later power loss.
-//! 5. The next seq is one past the last record on disk, but never below the durable
-//!    seq floor or any cursor position, so no seq is ever assigned twice.
+//! 5. The next seq is one past the last record on disk, but never at or below a
+//!    cursor's position, and — unless the last stop was clean — past every seq a
+//!    reader may have seen and that is no longer on disk: past the seq bound in
+//!    `wal.state` under `fsync = never`/`interval` or when the active segment was
+//!    lost, past what the cut tail could have held. Skipped seqs are recorded in the
+//!    header of a new active segment (`skipped_from`) and reported; idempotency
+//!    keys, which are made of seqs, are therefore never reused.
 //!
-//! A header of an unknown format version is the one thing that stops the open: it
-//! means a newer tracespool wrote the log, and guessing would be wrong.
+//! A header of an unknown format version is the one thing in the log that stops the
+//! open: it means a newer tracespool wrote the log, and guessing would be wrong.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::WalConfig;
+use crate::config::{FsyncPolicy, WalConfig};
 use crate::error::OpenError;
-use crate::format::{SegmentHeader, SegmentHeaderError, FORMAT_VERSION, SEGMENT_HEADER_LEN};
+use crate::format::{
+    decode_frame, resync, SegmentHeader, SegmentHeaderError, MIN_FRAME_LEN, READABLE_VERSIONS,
+    SEGMENT_HEADER_LEN,
+};
 use crate::fsutil::{
-    create_new_owner_only, ensure_dir, parse_segment_file_name, sync_dir, TEMP_SUFFIX,
+    create_new_owner_only, ensure_dir, is_out_of_space, parse_segment_file_name, sync_dir,
+    TEMP_SUFFIX,
 };
 use crate::meta::Meta;
 use crate::segment::{
-    scan_at, segment_path, Scan, SegmentEntry, SegmentMap, SegmentTable, RECORDS_START,
+    read_region, scan_at, segment_path, Scan, SegmentEntry, SegmentTable, RECORDS_START,
 };
-use crate::types::{nanos_since_epoch, LostRange, RecoveryReport, TornTail};
+use crate::state::{Loaded, LogState, StateFile, RESERVE_BLOCK};
+use crate::types::{
+    nanos_since_epoch, EventHook, LostRange, Quarantine, RecoveryReport, SkippedSeqs, TornTail,
+    WalEvent,
+};
 use crate::writer::{create_segment_file, Active};
+
+/// When the log's state file is lost, seqs skipped past the highest one known.
+const SAFETY_SKIP: u64 = 1 << 20;
 
 pub(crate) struct Recovered {
     pub wal_id: [u8; 16],
@@ -43,6 +69,23 @@ pub(crate) struct Recovered {
     pub active: Active,
     pub next_seq: u64,
     pub lost: Vec<LostRange>,
+    /// `None` when the state file could not be written: appends are refused.
+    pub state: Option<StateFile>,
+    /// Why appends must be refused although the log can be read.
+    pub refuse_appends: Option<String>,
+    /// A new active segment that could not be created at open (full disk), with
+    /// its `skipped_from`: the writer creates it before the first append.
+    pub pending_rotation: Option<u64>,
+}
+
+pub(crate) struct Inputs<'a> {
+    pub cfg: &'a WalConfig,
+    pub wal_dir: &'a Path,
+    pub quarantine_dir: &'a Path,
+    pub meta: &'a Meta,
+    /// One past the highest cursor position.
+    pub cursor_next: u64,
+    pub hook: Option<&'a EventHook>,
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OpenError {
@@ -50,160 +93,394 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OpenError 
     move |source| OpenError::Io { op, path, source }
 }
 
+fn emit(hook: Option<&EventHook>, event: WalEvent) {
+    if let Some(h) = hook {
+        if let Err(e) = h(&event) {
+            tracing::error!(error = %e, ?event, "could not record a recovery event in the audit trail; going on");
+        }
+    }
+}
+
+/// One segment file found at open.
+struct Candidate {
+    first: u64,
+    len: u64,
+    header: Result<(SegmentHeader, u32), String>,
+}
+
 pub(crate) fn recover(
-    cfg: &WalConfig,
-    wal_dir: &Path,
-    quarantine_dir: &Path,
-    meta: &Meta,
+    inp: Inputs<'_>,
     report: &mut RecoveryReport,
 ) -> Result<Recovered, OpenError> {
-    let meta_err = |source| OpenError::Meta {
-        path: cfg.dir.join("meta"),
-        source,
-    };
+    let Inputs {
+        cfg,
+        wal_dir,
+        quarantine_dir,
+        meta,
+        cursor_next,
+        hook,
+    } = inp;
 
-    // 1. List segments; remove interrupted creations.
+    // The log's own state: identity and seq bound.
+    let (state_file, state_note) = match StateFile::load(&cfg.dir) {
+        Ok(Loaded::Valid(sf)) => (Some(sf), None),
+        Ok(Loaded::Missing) => (None, None),
+        Ok(Loaded::Damaged) => (None, Some("state file wal.state is damaged")),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read wal.state; rebuilding it");
+            (None, Some("state file wal.state is unreadable"))
+        }
+    };
+    if let Some(n) = state_note {
+        tracing::error!(file = %crate::state::path(&cfg.dir).display(), "{n}: rebuilding it from the segments; seqs are skipped so none is reused");
+        report.repaired.push(format!("{n}; rebuilt"));
+    }
+    let state = state_file.as_ref().map(|s| s.state.clone());
+
+    // 1. List segments; remove interrupted creations; move aside what is not one.
     let mut firsts = Vec::new();
+    let mut temps_removed = false;
     for entry in fs::read_dir(wal_dir).map_err(io_err("list", wal_dir))? {
         let entry = entry.map_err(io_err("list", wal_dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(TEMP_SUFFIX) {
-            let path = entry.path();
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io_err("stat", &path))?;
+        if name.ends_with(TEMP_SUFFIX) && kind.is_file() {
             fs::remove_file(&path).map_err(io_err("remove", &path))?;
             tracing::info!(file = %path.display(), "removed unfinished segment creation");
             report.removed_temp_files.push(path);
+            temps_removed = true;
         } else if let Some(first) = parse_segment_file_name(name) {
-            firsts.push(first);
+            if kind.is_file() {
+                firsts.push(first);
+            } else {
+                let what = if kind.is_dir() {
+                    "a directory"
+                } else if kind.is_symlink() {
+                    "a symbolic link"
+                } else {
+                    "not a regular file (a FIFO, socket or device)"
+                };
+                quarantine(
+                    &path,
+                    quarantine_dir,
+                    wal_dir,
+                    &format!("{name}.not-a-file"),
+                    Some(first),
+                    format!("named like a segment but {what}"),
+                    hook,
+                    report,
+                );
+            }
         } else {
-            tracing::warn!(file = %entry.path().display(), "ignoring unexpected file in the wal directory");
+            tracing::warn!(file = %path.display(), "ignoring unexpected file in the wal directory");
         }
     }
-    if !report.removed_temp_files.is_empty() {
+    if temps_removed {
         sync_dir(wal_dir).map_err(io_err("fsync", wal_dir))?;
     }
     firsts.sort_unstable();
 
-    // The log's identity: from sled, else from the first intact segment header
-    // (metadata lost, segments kept), else new.
-    let mut headers = Vec::with_capacity(firsts.len());
+    let mut candidates = Vec::with_capacity(firsts.len());
     for &first in &firsts {
         let path = segment_path(wal_dir, first);
-        headers.push(read_header(&path)?);
+        candidates.push(read_header(&path, first));
     }
-    let wal_id = match meta.wal_id().map_err(meta_err)? {
-        Some(id) => id,
-        None => {
-            let id = headers
+
+    // The log's identity: the state file, else an earlier version's metadata, else
+    // the first intact segment header (state lost, segments kept), else new.
+    let legacy_id = meta.wal_id().ok().flatten();
+    let wal_id = state
+        .as_ref()
+        .map(|s| s.wal_id)
+        .or(legacy_id)
+        .or_else(|| {
+            candidates
                 .iter()
-                .find_map(|(_, h)| h.as_ref().ok().map(|h| h.wal_id))
-                .unwrap_or_else(random_id);
-            meta.set_wal_id(id).map_err(meta_err)?;
-            id
-        }
-    };
+                .find_map(|c| c.header.as_ref().ok().map(|(h, _)| h.wal_id))
+        })
+        .unwrap_or_else(random_id);
+    let reserved = state.as_ref().map(|s| s.reserved);
 
     // 2. Check headers.
-    let mut table = SegmentTable::default();
-    let mut header_ok = Vec::new();
-    for (&first, (len, header)) in firsts.iter().zip(headers) {
-        let path = segment_path(wal_dir, first);
-        let ok = match header {
-            Ok(h) if h.wal_id != wal_id => {
-                let to = quarantine_dir.join(format!("{first:020}.seg.foreign"));
-                fs::rename(&path, &to).map_err(io_err("quarantine", &path))?;
-                sync_dir(wal_dir).map_err(io_err("fsync", wal_dir))?;
-                sync_dir(quarantine_dir).map_err(io_err("fsync", quarantine_dir))?;
-                tracing::error!(segment = %path.display(), moved_to = %to.display(), "segment belongs to another log; quarantined");
-                report.quarantined.push(to);
+    let mut kept: Vec<Candidate> = Vec::new();
+    let mut active_lost: Option<u64> = None;
+    let n_candidates = candidates.len();
+    for (i, c) in candidates.into_iter().enumerate() {
+        let path = segment_path(wal_dir, c.first);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if reserved.is_some_and(|r| c.first > r.saturating_add(1)) {
+            quarantine(
+                &path,
+                quarantine_dir,
+                wal_dir,
+                &format!("{name}.not-ours"),
+                Some(c.first),
+                format!(
+                    "named beyond every seq this log assigned (the bound is {})",
+                    reserved.unwrap_or(0)
+                ),
+                hook,
+                report,
+            );
+            continue;
+        }
+        match &c.header {
+            Ok((h, _)) if h.wal_id != wal_id => {
+                quarantine(
+                    &path,
+                    quarantine_dir,
+                    wal_dir,
+                    &format!("{:020}.seg.foreign", c.first),
+                    Some(c.first),
+                    "segment of another log".into(),
+                    hook,
+                    report,
+                );
                 continue;
             }
-            Ok(h) if h.first_seq != first => {
+            Ok((h, _)) if h.first_seq != c.first => {
                 tracing::error!(segment = %path.display(), header_first_seq = h.first_seq, "segment header disagrees with its file name; using the name");
-                false
+                report.damaged_headers.push(path.clone());
             }
-            Ok(_) => true,
-            Err(SegmentHeaderError::UnsupportedVersion { found }) => {
-                return Err(OpenError::UnsupportedVersion {
-                    path,
-                    found,
-                    supported: FORMAT_VERSION,
-                })
-            }
+            Ok(_) => {}
             Err(e) => {
+                if let Some(found) = e.strip_prefix("unsupported:").and_then(|v| v.parse().ok()) {
+                    return Err(OpenError::UnsupportedVersion {
+                        path,
+                        found,
+                        supported: *READABLE_VERSIONS.last().unwrap(),
+                    });
+                }
+                // No valid header: keep it only if it holds a record of its own.
+                if !holds_a_record(&path, c.first) {
+                    let last = i + 1 == n_candidates;
+                    if last {
+                        active_lost = Some(c.first);
+                    }
+                    quarantine(
+                        &path,
+                        quarantine_dir,
+                        wal_dir,
+                        &format!("{name}.invalid"),
+                        Some(c.first),
+                        format!(
+                            "named like a segment but holds no valid header ({e}) and no record"
+                        ),
+                        hook,
+                        report,
+                    );
+                    continue;
+                }
                 tracing::error!(segment = %path.display(), error = %e, "damaged segment header; reading its records anyway");
-                false
+                report.damaged_headers.push(path.clone());
             }
-        };
-        if !ok {
-            report.damaged_headers.push(path);
         }
-        header_ok.push((first, ok));
+        kept.push(c);
+    }
+
+    let mut table = SegmentTable::default();
+    for c in &kept {
         table.insert(SegmentEntry {
-            first_seq: first,
-            len,
+            first_seq: c.first,
+            skipped_from: c.header.as_ref().map(|(h, _)| h.skipped_from).unwrap_or(0),
+            len: c.len,
             sealed: true,
         });
     }
 
-    // 5 (inputs). Seqs that must never be assigned again.
-    let floor = meta.seq_floor().map_err(meta_err)?;
-    let past_cursors = meta
-        .cursor_positions()
-        .map_err(meta_err)?
-        .iter()
-        .map(|(_, p)| p + 1)
-        .max()
-        .unwrap_or(1);
-
-    // 3–4. The active segment.
+    let unclean = state.as_ref().is_none_or(|s| s.clean_next == 0);
     let mut lost = Vec::new();
-    let (active, last_on_disk) = match header_ok.last().copied() {
-        Some((first, ok)) => {
-            let entry_len = table.locate(first).map(|(e, _)| e.len).unwrap_or(0);
-            let (active, last) = recover_active(
+    // 3–4. The active segment.
+    let (mut active, base, torn, needs_new_segment) = match kept.last() {
+        Some(c) => {
+            let header_ok = c.header.as_ref().is_ok_and(|(h, _)| h.first_seq == c.first);
+            let version = c.header.as_ref().map(|(_, v)| *v).unwrap_or(0);
+            // After a clean close every record below the recorded next seq was
+            // synced: damage to any of them is damage, never a torn tail.
+            let durable_hint = state
+                .as_ref()
+                .map(|s| s.clean_next.saturating_sub(1))
+                .unwrap_or(0);
+            let (active, last_good, torn) = recover_active(
                 wal_dir,
                 quarantine_dir,
-                first,
-                entry_len,
-                ok,
-                wal_id,
+                c.first,
+                c.len,
+                durable_hint,
+                hook,
                 report,
                 &mut lost,
             )?;
-            table.set_len(first, active.len);
+            table.set_len(c.first, active.len);
             table.insert(SegmentEntry {
-                first_seq: first,
+                first_seq: c.first,
+                skipped_from: c.header.as_ref().map(|(h, _)| h.skipped_from).unwrap_or(0),
                 len: active.len,
                 sealed: false,
             });
-            (active, last)
+            // Appends go to a segment of the current version with an intact header;
+            // after a cut, to a new one (readers then see where the old one ends).
+            let cut = torn.is_some();
+            (
+                Some(active),
+                last_good + 1,
+                torn,
+                !header_ok || version < 2 || cut,
+            )
         }
-        None => {
-            let first = floor.max(past_cursors).max(1);
-            let header = SegmentHeader {
-                first_seq: first,
-                created_at_nanos: nanos_since_epoch(std::time::SystemTime::now()),
-                wal_id,
-            };
-            let path = segment_path(wal_dir, first);
-            let active = create_segment_file(wal_dir, &header, None)
-                .map_err(io_err("create segment", &path))?;
-            table.insert(SegmentEntry {
-                first_seq: first,
-                len: active.len,
-                sealed: false,
-            });
-            (active, first - 1)
+        None => (None, 0, None, true),
+    };
+
+    // 5. The next seq.
+    let fresh = kept.is_empty() && state.is_none() && legacy_id.is_none();
+    let mut next_seq = base.max(cursor_next).max(1);
+    let mut reasons: Vec<String> = Vec::new();
+    let mut may_hold_acknowledged = false;
+    if let Some(s) = &state {
+        if s.clean_next != 0 {
+            next_seq = next_seq.max(s.clean_next);
+        }
+    }
+    if let Ok(floor) = meta.seq_floor() {
+        next_seq = next_seq.max(floor);
+    }
+    if unclean && !fresh {
+        match reserved {
+            Some(r) => {
+                if cfg.fsync != FsyncPolicy::Always && !kept.is_empty() {
+                    next_seq = next_seq.max(r + 1);
+                    may_hold_acknowledged = true;
+                    reasons.push(format!(
+                        "unclean stop under fsync = {}: records acknowledged but not yet synced may be gone",
+                        if matches!(cfg.fsync, FsyncPolicy::Never) { "never" } else { "interval" }
+                    ));
+                }
+                if let Some(first) = active_lost {
+                    next_seq = next_seq.max(r + 1).max(first);
+                    may_hold_acknowledged = true;
+                    reasons.push(format!(
+                        "the active segment {first:020}.seg held no readable header or record"
+                    ));
+                }
+            }
+            None if legacy_id.is_some() => {
+                // Upgraded from a version without the bound: its own floor holds.
+            }
+            None => {
+                let known = next_seq.max(kept.last().map(|c| c.first).unwrap_or(0));
+                next_seq = known + SAFETY_SKIP;
+                may_hold_acknowledged = true;
+                reasons.push("the log's state file was lost: seqs are skipped past every one it could have assigned".into());
+            }
+        }
+    }
+    if let Some(t) = torn.as_ref().filter(|_| unclean) {
+        // (After a clean close nothing past the recorded next seq was ever assigned.)
+        // An interrupted append holds nothing acknowledged under `always`; the skip
+        // is for the case where the cut bytes were damage to the last synced group.
+        if t.last_seq_bound >= next_seq {
+            next_seq = t.last_seq_bound + 1;
+        }
+        if cfg.fsync != FsyncPolicy::Always {
+            may_hold_acknowledged = true;
+        }
+        reasons.push(format!(
+            "a torn tail was cut from segment {:020}.seg at byte {} (an append that never completed, or damage to the last records written)",
+            t.segment, t.offset
+        ));
+    }
+    let skipped = (base > 0 && next_seq > base).then(|| SkippedSeqs {
+        first_seq: base,
+        last_seq: next_seq - 1,
+        may_hold_acknowledged,
+        reason: if reasons.is_empty() {
+            "seqs seen by a cursor or recorded as assigned are not on disk".into()
+        } else {
+            reasons.join("; ")
+        },
+    });
+    if let Some(s) = &skipped {
+        tracing::warn!(
+            first_seq = s.first_seq,
+            last_seq = s.last_seq,
+            may_hold_acknowledged = s.may_hold_acknowledged,
+            reason = %s.reason,
+            "seqs skipped at open: none of them is ever assigned again"
+        );
+        emit(hook, WalEvent::Skipped(s.clone()));
+        report.skipped = Some(s.clone());
+    }
+    report.clean_stop = !unclean;
+
+    // A new active segment when seqs were skipped, or the current one is of an
+    // older version or has a damaged header, or there is none.
+    let mut pending_rotation = None;
+    if active.is_none() || skipped.is_some() || needs_new_segment {
+        let skipped_from = skipped.as_ref().map(|s| s.first_seq).unwrap_or(0);
+        let header = SegmentHeader {
+            first_seq: next_seq,
+            created_at_nanos: nanos_since_epoch(std::time::SystemTime::now()),
+            wal_id,
+            skipped_from,
+        };
+        let path = segment_path(wal_dir, next_seq);
+        if let Some(old) = &active {
+            // The old active segment is sealed from now on: all of it durable.
+            old.file
+                .sync_data()
+                .map_err(io_err("fdatasync", &old.path))?;
+        }
+        match create_segment_file(wal_dir, &header, None) {
+            Ok(new) => {
+                if let Some(old) = &active {
+                    table.seal(old.first_seq);
+                }
+                table.insert(SegmentEntry {
+                    first_seq: next_seq,
+                    skipped_from,
+                    len: new.len,
+                    sealed: false,
+                });
+                active = Some(new);
+            }
+            Err(e) if is_out_of_space(&e) && active.is_some() => {
+                tracing::warn!(segment = %path.display(), error = %e, "no space to start a new segment at open; it is created before the first append");
+                pending_rotation = Some(skipped_from);
+            }
+            Err(e) => return Err(io_err("create segment", &path)(e)),
+        }
+    }
+    let active = active.expect("an active segment");
+    // 4. What readers will see must be on disk first.
+    active
+        .file
+        .sync_data()
+        .map_err(io_err("fdatasync", &active.path))?;
+
+    // The bound on assigned seqs, durable before any new seq is assigned.
+    let new_state = LogState {
+        wal_id,
+        reserved: next_seq + RESERVE_BLOCK - 1,
+        clean_next: 0,
+    };
+    let (state, refuse_appends) = match write_state(&cfg.dir, state_file, new_state) {
+        Ok(s) => (Some(s), None),
+        Err(e) => {
+            let why = format!(
+                "cannot record the seq bound in {}: {e}",
+                crate::state::path(&cfg.dir).display()
+            );
+            tracing::error!("{why}; appends are refused, what is stored is still forwarded");
+            (None, Some(why))
         }
     };
-    let next_seq = (last_on_disk + 1).max(floor).max(past_cursors);
-    if next_seq > last_on_disk + 1 {
-        tracing::warn!(
-            last_on_disk,
-            next_seq,
-            "records a cursor or the seq floor has seen are missing from disk (lost in an OS crash under fsync = never/interval?); their seqs are not reused"
-        );
+    if legacy_id.is_some() {
+        let _ = meta.forget_legacy();
     }
     Ok(Recovered {
         wal_id,
@@ -211,61 +488,159 @@ pub(crate) fn recover(
         active,
         next_seq,
         lost,
+        state,
+        refuse_appends,
+        pending_rotation,
     })
 }
 
-/// Reads a segment's length and header.
-fn read_header(path: &Path) -> Result<(u64, Result<SegmentHeader, SegmentHeaderError>), OpenError> {
-    let file = File::open(path).map_err(io_err("open", path))?;
-    let len = file.metadata().map_err(io_err("stat", path))?.len();
-    let mut buf = [0u8; SEGMENT_HEADER_LEN];
-    let n = (len as usize).min(SEGMENT_HEADER_LEN);
-    file.read_exact_at(&mut buf[..n], 0)
-        .map_err(io_err("read header", path))?;
-    Ok((len, SegmentHeader::decode(&buf[..n])))
+fn write_state(dir: &Path, existing: Option<StateFile>, s: LogState) -> io::Result<StateFile> {
+    match existing {
+        Some(mut f) => {
+            f.write(s)?;
+            Ok(f)
+        }
+        None => StateFile::create(dir, s),
+    }
 }
 
+/// Moves `path` to `quarantine/<to_name>`, reporting it first. Failure to move is
+/// logged and the file left where it is (recovery then ignores it).
+#[allow(clippy::too_many_arguments)]
+fn quarantine(
+    path: &Path,
+    quarantine_dir: &Path,
+    from_dir: &Path,
+    to_name: &str,
+    segment: Option<u64>,
+    reason: String,
+    hook: Option<&EventHook>,
+    report: &mut RecoveryReport,
+) {
+    let to = quarantine_dir.join(to_name);
+    let bytes = fs::symlink_metadata(path).map(|m| m.len()).unwrap_or(0);
+    let q = Quarantine {
+        file: to.clone(),
+        segment,
+        bytes,
+        first_seq: None,
+        last_seq: None,
+        reason: reason.clone(),
+    };
+    emit(hook, WalEvent::Quarantined(q.clone()));
+    let moved = fs::rename(path, &to)
+        .and_then(|()| sync_dir(from_dir))
+        .and_then(|()| sync_dir(quarantine_dir));
+    match moved {
+        Ok(()) => {
+            tracing::error!(file = %path.display(), moved_to = %to.display(), reason = %reason, "quarantined");
+            report.quarantined.push(q);
+        }
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, reason = %reason, "could not move to quarantine; ignoring it");
+        }
+    }
+}
+
+/// Reads a segment's length and header, with `pread` (a bad sector in the header is
+/// a damaged header, not an error).
+fn read_header(path: &Path, first: u64) -> Candidate {
+    let res = File::open(path).and_then(|f| {
+        let len = f.metadata()?.len();
+        let region = read_region(&f, 0, SEGMENT_HEADER_LEN.min(len as usize))?;
+        Ok((len, region))
+    });
+    match res {
+        Ok((len, region)) => {
+            let header = if !region.unreadable.is_empty() {
+                Err("header unreadable (I/O error)".to_string())
+            } else {
+                match SegmentHeader::decode_versioned(&region.bytes) {
+                    Ok(hv) => Ok(hv),
+                    Err(SegmentHeaderError::UnsupportedVersion { found }) => {
+                        Err(format!("unsupported:{found}"))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            Candidate { first, len, header }
+        }
+        Err(e) => {
+            tracing::error!(segment = %path.display(), error = %e, "cannot read segment header");
+            Candidate {
+                first,
+                len: fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+                header: Err(format!("cannot read: {e}")),
+            }
+        }
+    }
+}
+
+/// Whether a segment file without a valid header holds any valid record of its own
+/// (seq at or above its name).
+fn holds_a_record(path: &Path, first: u64) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0) as usize;
+    let Ok(region) = read_region(&f, 0, len) else {
+        return false;
+    };
+    resync(&region.bytes, 0, |s| s >= first).is_some()
+}
+
+/// Scans and repairs the active segment; returns it, the seq of its last good
+/// record, and the torn tail cut, if any.
 #[allow(clippy::too_many_arguments)]
 fn recover_active(
     wal_dir: &Path,
     quarantine_dir: &Path,
     first: u64,
-    mut len: u64,
-    header_ok: bool,
-    wal_id: [u8; 16],
+    len: u64,
+    durable_hint: u64,
+    hook: Option<&EventHook>,
     report: &mut RecoveryReport,
     lost: &mut Vec<LostRange>,
-) -> Result<(Active, u64), OpenError> {
+) -> Result<(Active, u64, Option<TornTail>), OpenError> {
     let path = segment_path(wal_dir, first);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
         .map_err(io_err("open", &path))?;
-    if !header_ok || len < SEGMENT_HEADER_LEN as u64 {
-        // The header holds no record; rewriting it loses nothing.
-        let header = SegmentHeader {
-            first_seq: first,
-            created_at_nanos: nanos_since_epoch(std::time::SystemTime::now()),
-            wal_id,
-        };
-        file.write_all_at(&header.encode(), 0)
-            .map_err(io_err("rewrite header", &path))?;
-        len = len.max(SEGMENT_HEADER_LEN as u64);
-        tracing::warn!(segment = %path.display(), "rewrote damaged header of the active segment");
+    let region = read_region(&file, 0, len as usize).map_err(io_err("read", &path))?;
+    let bytes = &region.bytes;
+    let limit = bytes.len();
+    // The highest `durable_through` any valid frame states, and whether the segment
+    // holds frames of the first version (which state nothing).
+    let mut durable = (first - 1).max(durable_hint);
+    let mut legacy = false;
+    {
+        let mut off = RECORDS_START.min(limit);
+        while let Some(at) = resync(bytes, off, |_| true) {
+            if let Ok(f) = decode_frame(&bytes[at..]) {
+                if f.header.version == 1 {
+                    legacy = true;
+                }
+                durable = durable.max(f.header.durable_through);
+            }
+            off = at + 1;
+        }
     }
-    let map = SegmentMap::map(&file, len).map_err(io_err("map", &path))?;
-    let limit = len as usize;
+    let reason_at = |from: usize, to: usize, e: &dyn std::fmt::Display| match region
+        .unreadable_in(from as u64, to.max(from + 1) as u64)
+    {
+        Some((a, b)) => format!("read error (I/O) at bytes {a}..{b}: {e}"),
+        None => e.to_string(),
+    };
     let mut offset = RECORDS_START;
     let mut last_good = first - 1;
     let mut torn_at = None;
     loop {
-        match scan_at(&map, offset, limit, last_good) {
+        match scan_at(bytes, offset, limit, last_good) {
             Scan::Frame { offset: at, frame } => {
                 let seq = frame.header.seq;
                 if seq <= last_good {
-                    // A valid frame out of sequence is not something this log wrote
-                    // here; skipping it keeps seqs from ever going backwards.
                     tracing::error!(segment = %path.display(), offset = at, seq, last_good, "record out of sequence in the active segment; skipped");
                 } else {
                     if seq > last_good + 1 {
@@ -289,71 +664,133 @@ fn recover_active(
                 offset = at + frame.frame_len();
             }
             Scan::End => break,
-            Scan::Damage(d) => match d.resume {
-                Some((at, seq)) => {
-                    if seq > last_good + 1 {
+            Scan::Damage(d) => {
+                let durable_damage = legacy || last_good < durable;
+                match d.resume {
+                    Some((at, seq)) if durable_damage => {
+                        if seq > last_good + 1 {
+                            let range = LostRange {
+                                first_seq: last_good + 1,
+                                last_seq: seq - 1,
+                                segment: first,
+                                offset: d.offset as u64,
+                                spans: if seq == last_good + 2 { d.spans } else { None },
+                                reason: reason_at(d.offset, at, &d.error),
+                            };
+                            tracing::error!(
+                                segment = %path.display(),
+                                offset = d.offset,
+                                first_seq = range.first_seq,
+                                last_seq = range.last_seq,
+                                error = %range.reason,
+                                "damaged records in the active segment; skipping to the next valid record"
+                            );
+                            lost.push(range);
+                        }
+                        offset = at;
+                        last_good = seq - 1;
+                    }
+                    None if durable_damage => {
+                        // Durable records up to `durable` should follow and do not:
+                        // they are lost; the bytes after the last good one are cut.
+                        let spans = match d.error {
+                            crate::format::FrameError::BadRecordChecksum {
+                                span_count,
+                                seq,
+                                ..
+                            } if durable == last_good + 1 && seq == durable => {
+                                Some(span_count as u64)
+                            }
+                            _ => None,
+                        };
                         let range = LostRange {
                             first_seq: last_good + 1,
-                            last_seq: seq - 1,
+                            last_seq: durable,
                             segment: first,
                             offset: d.offset as u64,
-                            spans: if seq == last_good + 2 { d.spans } else { None },
-                            reason: d.error.to_string(),
+                            spans,
+                            reason: reason_at(d.offset, limit, &d.error),
                         };
                         tracing::error!(
                             segment = %path.display(),
                             offset = d.offset,
                             first_seq = range.first_seq,
                             last_seq = range.last_seq,
-                            error = %d.error,
-                            "damaged records in the active segment; skipping to the next valid record"
+                            error = %range.reason,
+                            "damaged records at the end of the active segment, all of them synced: lost"
                         );
                         lost.push(range);
+                        torn_at = Some((d.offset, reason_at(d.offset, limit, &d.error)));
+                        last_good = durable;
+                        break;
                     }
-                    offset = at;
-                    last_good = seq - 1;
+                    _ => {
+                        torn_at = Some((d.offset, reason_at(d.offset, limit, &d.error)));
+                        break;
+                    }
                 }
-                None => {
-                    torn_at = Some((d.offset, d.error));
-                    break;
-                }
-            },
+            }
         }
     }
     report.scanned_bytes += len;
+    let mut torn = None;
+    let mut len = limit as u64;
     if let Some((cut, error)) = torn_at {
-        let bytes = len - cut as u64;
+        let bytes_cut = limit - cut;
+        // Seqs the cut bytes may hold: their intact frames, or as many records as
+        // fit in them.
+        let mut cut_records = Vec::new();
+        let mut off = cut;
+        while let Some(at) = resync(bytes, off, |s| s > last_good) {
+            if let Ok(f) = decode_frame(&bytes[at..]) {
+                cut_records.push(f.header.seq);
+            }
+            off = at + 1;
+        }
+        let by_size = last_good + bytes_cut.div_ceil(MIN_FRAME_LEN) as u64;
+        let last_seq_bound = cut_records.iter().copied().max().unwrap_or(0).max(by_size);
         let qpath = quarantine_dir.join(format!("{first:020}.{cut}.torn"));
-        let kept = keep_copy(&qpath, &map[cut..limit], quarantine_dir);
-        let quarantined_to = match kept {
+        emit(
+            hook,
+            WalEvent::Quarantined(Quarantine {
+                file: qpath.clone(),
+                segment: Some(first),
+                bytes: bytes_cut as u64,
+                first_seq: Some(last_good + 1),
+                last_seq: Some(last_seq_bound),
+                reason: format!("torn tail cut at byte {cut}: {error}"),
+            }),
+        );
+        let quarantined_to = match keep_copy(&qpath, &bytes[cut..limit], quarantine_dir) {
             Ok(()) => Some(qpath),
             Err(e) => {
                 tracing::warn!(error = %e, file = %qpath.display(), "could not keep a copy of the torn tail");
                 None
             }
         };
-        drop(map);
         file.set_len(cut as u64)
             .map_err(io_err("truncate torn tail", &path))?;
         tracing::warn!(
             segment = %path.display(),
             offset = cut,
-            bytes,
+            bytes = bytes_cut,
             next_seq = last_good + 1,
+            cut_records = ?cut_records,
             error = %error,
-            "cut off torn tail (an append that never completed)"
+            "cut off torn tail (an append that never completed, or damage to the last records written)"
         );
-        report.torn_tail = Some(TornTail {
+        torn = Some(TornTail {
             segment: first,
             offset: cut as u64,
-            bytes,
+            bytes: bytes_cut as u64,
             first_seq: last_good + 1,
+            last_seq_bound,
+            cut_records,
             quarantined_to,
         });
+        report.torn_tail = torn.clone();
         len = cut as u64;
     }
-    // 4. What readers will see must be on disk first.
-    file.sync_data().map_err(io_err("fdatasync", &path))?;
     Ok((
         Active {
             first_seq: first,
@@ -363,6 +800,7 @@ fn recover_active(
             synced_len: len,
         },
         last_good,
+        torn,
     ))
 }
 

@@ -1,14 +1,12 @@
-//! Segments in memory: the table of segment files, read-only mappings, and the
-//! frame scanner shared by recovery, readers and eviction.
+//! Segments in memory: the table of segment files, reading their bytes (with
+//! `pread`, surviving bad sectors), and the frame scanner shared by recovery,
+//! readers, the tools and eviction.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use memmap2::{Mmap, MmapOptions};
 
 use crate::format::{decode_frame, resync, Frame, FrameError, SEGMENT_HEADER_LEN};
 use crate::fsutil::segment_file_name;
@@ -17,6 +15,8 @@ use crate::fsutil::segment_file_name;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SegmentEntry {
     pub first_seq: u64,
+    /// From its header: seqs `skipped_from..first_seq` were never assigned (0: none).
+    pub skipped_from: u64,
     /// Bytes of the file. Final once sealed; for the active segment, the bytes
     /// written so far (not all of them need be visible to readers yet).
     pub len: u64,
@@ -30,6 +30,8 @@ pub(crate) struct SegmentTable {
     /// Delivered segments handed to the deleter thread: gone for readers, still on
     /// disk (and in `total_bytes`) until the deleter reports them unlinked.
     deleting: BTreeMap<u64, u64>,
+    /// `skipped_from` of segments being deleted (to restore a cancelled deletion).
+    skipped: BTreeMap<u64, u64>,
     total_bytes: u64,
 }
 
@@ -53,6 +55,9 @@ impl SegmentTable {
         match self.segments.remove(&first_seq) {
             Some(e) => {
                 self.deleting.insert(first_seq, e.len);
+                if e.skipped_from > 0 {
+                    self.skipped.insert(first_seq, e.skipped_from);
+                }
                 true
             }
             None => false,
@@ -60,6 +65,7 @@ impl SegmentTable {
     }
 
     pub fn finish_delete(&mut self, first_seq: u64) {
+        self.skipped.remove(&first_seq);
         if let Some(len) = self.deleting.remove(&first_seq) {
             self.total_bytes -= len;
         }
@@ -72,6 +78,7 @@ impl SegmentTable {
                 first_seq,
                 SegmentEntry {
                     first_seq,
+                    skipped_from: self.skipped.get(&first_seq).copied().unwrap_or(0),
                     len,
                     sealed: true,
                 },
@@ -140,27 +147,35 @@ pub(crate) fn segment_path(wal_dir: &Path, first_seq: u64) -> PathBuf {
     wal_dir.join(segment_file_name(first_seq))
 }
 
-/// Which segments are mapped in this process right now, so the deleter does not
-/// punch holes under a live mapping (see `deleter.rs`).
+/// Which segments readers in this process are reading right now, so the deleter
+/// does not punch holes under them (see `deleter.rs`).
 #[derive(Debug, Default)]
-pub(crate) struct MapTracker {
+pub(crate) struct InUse {
     counts: std::sync::Mutex<std::collections::HashMap<u64, usize>>,
 }
 
-impl MapTracker {
-    pub fn is_mapped(&self, segment: u64) -> bool {
+impl InUse {
+    pub fn is_in_use(&self, segment: u64) -> bool {
         self.counts.lock().unwrap().contains_key(&segment)
+    }
+
+    /// Counts `segment` as in use for as long as the guard lives.
+    pub fn hold(self: &Arc<Self>, segment: u64) -> InUseGuard {
+        *self.counts.lock().unwrap().entry(segment).or_insert(0) += 1;
+        InUseGuard {
+            tracker: self.clone(),
+            segment,
+        }
     }
 }
 
-/// Counts one mapping of a segment in its tracker for as long as it lives.
 #[derive(Debug)]
-struct MapGuard {
-    tracker: Arc<MapTracker>,
+pub(crate) struct InUseGuard {
+    tracker: Arc<InUse>,
     segment: u64,
 }
 
-impl Drop for MapGuard {
+impl Drop for InUseGuard {
     fn drop(&mut self) {
         let mut counts = self.tracker.counts.lock().unwrap();
         if let Some(n) = counts.get_mut(&self.segment) {
@@ -172,103 +187,110 @@ impl Drop for MapGuard {
     }
 }
 
-/// A read-only mapping of (a prefix of) a segment file, shared by the payloads handed
-/// out from it.
-#[derive(Debug)]
-pub(crate) struct SegmentMap {
-    map: Option<Mmap>,
-    _guard: Option<MapGuard>,
+/// Bytes read from a segment file, with the parts the device could not read.
+#[derive(Debug, Default)]
+pub(crate) struct Region {
+    /// The bytes (shorter than asked at the end of the file); unreadable pages are
+    /// zeros, which no frame checksum accepts.
+    pub bytes: Vec<u8>,
+    /// Unreadable byte ranges `[from, to)` (file offsets).
+    pub unreadable: Vec<(u64, u64)>,
 }
 
-impl SegmentMap {
-    /// Maps `len` bytes of `file`. `len` may exceed the file's current length (the
-    /// active segment grows into the mapping); callers never touch bytes beyond the
-    /// visible end, which is always within the file.
-    ///
-    /// Safety argument for the `unsafe` map: segment bytes below the visible end are
-    /// never rewritten or truncated while the log is open (appends only extend, an
-    /// out-of-space rollback only truncates bytes that were never visible, and
-    /// deletion unlinks without truncating), so the mapping never changes under a
-    /// reader. Modifying segment files from outside while tracespool runs is
-    /// unsupported.
-    pub fn map(file: &File, len: u64) -> io::Result<Arc<Self>> {
-        if len == 0 {
-            return Ok(Arc::new(Self {
-                map: None,
-                _guard: None,
-            }));
-        }
-        let len = usize::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large to map"))?;
-        // SAFETY: see above.
-        let map = unsafe { MmapOptions::new().len(len).map(file)? };
-        let _ = map.advise(memmap2::Advice::Sequential);
-        Ok(Arc::new(Self {
-            map: Some(map),
-            _guard: None,
-        }))
-    }
-
-    /// [`SegmentMap::map`], counted in `tracker` as a mapping of `segment`.
-    pub fn map_tracked(
-        file: &File,
-        len: u64,
-        tracker: &Arc<MapTracker>,
-        segment: u64,
-    ) -> io::Result<Arc<Self>> {
-        *tracker.counts.lock().unwrap().entry(segment).or_insert(0) += 1;
-        let guard = MapGuard {
-            tracker: tracker.clone(),
-            segment,
-        };
-        let mut map = Self::map(file, len)?;
-        Arc::get_mut(&mut map).expect("fresh").replace_guard(guard);
-        Ok(map)
-    }
-
-    fn replace_guard(&mut self, guard: MapGuard) {
-        self._guard = Some(guard);
+impl Region {
+    /// The first unreadable range overlapping file bytes `[from, to)`.
+    pub fn unreadable_in(&self, from: u64, to: u64) -> Option<(u64, u64)> {
+        self.unreadable
+            .iter()
+            .copied()
+            .find(|&(a, b)| a < to && from < b)
     }
 }
 
-impl SegmentMap {
-    /// Drops the resident pages of `[from, to)` from this mapping, so a reader
-    /// streaming a large segment does not hold all of it in its resident set.
-    ///
-    /// The data stays in the page cache; a later access (a payload still held by a
-    /// consumer) faults the same bytes back in. Safe for a read-only shared file
-    /// mapping whose bytes never change (see [`SegmentMap::map`]).
-    pub fn release(&self, from: usize, to: usize) {
-        if let Some(map) = &self.map {
-            if from < to && to <= map.len() {
-                // SAFETY: MADV_DONTNEED on a MAP_SHARED, read-only file mapping only
-                // drops page-table entries; contents are re-read from the file.
-                let _ = unsafe {
-                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
-                };
+/// True for the errors a failing device gives for a read (a bad sector, a
+/// checksum the filesystem rejects): the bytes are lost, nothing else is wrong.
+pub(crate) fn is_media_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc_errno::EIO)
+            | Some(libc_errno::ENXIO)
+            | Some(libc_errno::EBADMSG)
+            | Some(libc_errno::EUCLEAN)
+            | Some(libc_errno::ENODATA)
+    )
+}
+
+/// Errno values (Linux) without a libc dependency.
+mod libc_errno {
+    pub const EIO: i32 = 5;
+    pub const ENXIO: i32 = 6;
+    pub const ENODATA: i32 = 61;
+    pub const EBADMSG: i32 = 74;
+    pub const EUCLEAN: i32 = 117;
+}
+
+const PAGE: u64 = 4096;
+
+/// Reads `len` bytes of `file` at `start` with `pread`, never through a mapping: a
+/// page the device cannot read reads as zeros and is listed (a mapped read of it
+/// would kill the process with SIGBUS). Errors other than media errors are
+/// returned.
+pub(crate) fn read_region(file: &File, start: u64, len: usize) -> io::Result<Region> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; len];
+    let mut unreadable = Vec::new();
+    let mut done = 0usize;
+    while done < len {
+        match file.read_at(&mut bytes[done..], start + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_media_error(&e) => {
+                // Page by page from here, to lose no more than the bad pages.
+                let at = start + done as u64;
+                let page_end = ((at / PAGE) + 1) * PAGE;
+                let step = ((page_end - at) as usize).min(len - done);
+                let mut page = vec![0u8; step];
+                match read_exact_or_eof(file, &mut page, at) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        bytes[done..done + n].copy_from_slice(&page[..n]);
+                        done += n;
+                        if n < step {
+                            break;
+                        }
+                    }
+                    Err(e2) if is_media_error(&e2) => {
+                        tracing::warn!(offset = at, bytes = step, error = %e2, "unreadable bytes in a segment file (bad sector?)");
+                        match unreadable.last_mut() {
+                            Some((_, b)) if *b == at => *b = at + step as u64,
+                            _ => unreadable.push((at, at + step as u64)),
+                        }
+                        done += step;
+                    }
+                    Err(e2) => return Err(e2),
+                }
             }
+            Err(e) => return Err(e),
         }
     }
+    bytes.truncate(done);
+    // Bytes counted as unreadable at the very end may lie past the end of file.
+    Ok(Region { bytes, unreadable })
 }
 
-impl Deref for SegmentMap {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+fn read_exact_or_eof(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], at + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-}
-
-/// A slice of a mapping that keeps the mapping alive: the owner of zero-copy payloads.
-pub(crate) struct MapSlice {
-    pub map: Arc<SegmentMap>,
-    pub start: usize,
-    pub end: usize,
-}
-
-impl AsRef<[u8]> for MapSlice {
-    fn as_ref(&self) -> &[u8] {
-        &self.map[self.start..self.end]
-    }
+    Ok(done)
 }
 
 /// One step of scanning a segment's bytes.

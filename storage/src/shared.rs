@@ -11,7 +11,7 @@ use crate::config::WalConfig;
 use crate::cursor::CursorState;
 use crate::fsutil::DirLock;
 use crate::meta::Meta;
-use crate::segment::{segment_path, MapTracker, SegmentTable};
+use crate::segment::{segment_path, InUse, SegmentTable};
 use crate::types::{EventHook, LostRange, WalEvent};
 
 /// What readers may see. Published by the writer after each commit, as one
@@ -28,12 +28,14 @@ pub(crate) struct Watermark {
 
 pub(crate) struct Shared {
     pub cfg: WalConfig,
+    /// The log's random identity (in every segment header and in `wal.state`).
+    pub wal_id: [u8; 16],
     pub wal_dir: PathBuf,
     pub meta: Meta,
     /// Segment files; written by the writer thread only, read by everyone.
     pub table: RwLock<SegmentTable>,
-    /// Segments mapped by readers in this process.
-    pub maps: Arc<MapTracker>,
+    /// Segments readers in this process are reading.
+    pub in_use: Arc<InUse>,
     /// Totals of sealed segments, for backlog queries.
     pub backlog: crate::backlog::BacklogCache,
     /// Published by the writer after each commit; readers clone it and wait on it.
@@ -70,13 +72,27 @@ impl Shared {
         segment_path(&self.wal_dir, first_seq)
     }
 
-    pub fn emit(&self, event: WalEvent) {
+    /// `skipped_from` of the segment starting at `first_seq` (0: none).
+    pub fn skipped_from(&self, first_seq: u64) -> u64 {
+        self.table
+            .read()
+            .unwrap()
+            .locate(first_seq)
+            .filter(|(e, _)| e.first_seq == first_seq)
+            .map(|(e, _)| e.skipped_from)
+            .unwrap_or(0)
+    }
+
+    /// Reports a loss event: to the hook (synchronously; its error is returned and
+    /// the event not sent on), then on the event stream.
+    pub fn emit(&self, event: WalEvent) -> Result<(), String> {
         if let Some(hook) = &self.hook {
-            hook(&event);
+            hook(&event)?;
         }
         if let Some(tx) = self.events.lock().unwrap().as_ref() {
             let _ = tx.send(event);
         }
+        Ok(())
     }
 
     /// Records damage found by recovery or a reader. Logs and emits it the first time.
@@ -109,7 +125,15 @@ impl Shared {
                 reason = %lost.reason,
                 "damaged records skipped"
             );
-            self.emit(WalEvent::Damaged(lost.clone()));
+            if let Err(e) = self.emit(WalEvent::Damaged(lost.clone())) {
+                // Not recorded as known: reported again by the next reader or start.
+                tracing::error!(error = %e, "damage not recorded in the audit trail; it will be reported again");
+                self.known_damage
+                    .lock()
+                    .unwrap()
+                    .remove(&(lost.segment, lost.offset));
+                return fresh;
+            }
             if let Err(e) = self.meta.record_damage(lost) {
                 tracing::error!(error = %e, "could not persist damage record");
             }
@@ -134,5 +158,15 @@ impl Shared {
 
     pub fn evicted_below(&self) -> u64 {
         self.evicted_below.load(Ordering::Acquire)
+    }
+
+    /// Persists every cursor (D0 of a deletion, and at close).
+    pub fn persist_cursors(&self) -> Result<(), crate::error::CursorError> {
+        let dir = self.cfg.dir.join(crate::cursor::CURSORS_DIR);
+        let cursors: Vec<_> = self.cursors.read().unwrap().values().cloned().collect();
+        for c in cursors {
+            c.persist(&dir)?;
+        }
+        Ok(())
     }
 }

@@ -127,8 +127,10 @@ impl LostRange {
     }
 }
 
-/// The tail of the active segment cut off at open: bytes of an append that never
-/// completed. Under `fsync = always` no acknowledged record is ever in a torn tail.
+/// The tail of the active segment cut off at open: bytes after the last frame that
+/// can be shown durable, that end in damage — an append that never completed (a
+/// crash or power cut mid-write; under `fsync = always` never an acknowledged
+/// one), or, if not a crash, damage to the last records written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TornTail {
     pub segment: u64,
@@ -137,8 +139,41 @@ pub struct TornTail {
     pub bytes: u64,
     /// The seq the first cut record would have had.
     pub first_seq: u64,
+    /// The highest seq the cut bytes can have held (from the intact headers among
+    /// them, or from their size). Seqs up to it are never assigned again.
+    pub last_seq_bound: u64,
+    /// Seqs of intact frames that were cut with the tail (they followed damage in
+    /// a group that may not have been synced, so they were never exported).
+    pub cut_records: Vec<u64>,
     /// Where the cut bytes were kept for inspection.
     pub quarantined_to: Option<PathBuf>,
+}
+
+/// Seqs the log skipped when it reopened, so that none a reader may have seen is
+/// assigned again (see `state.rs`). Whatever records they named are not on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedSeqs {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Whether acknowledged records can be among them (an unclean stop under
+    /// `fsync = never`/`interval`, a cut tail, a damaged or empty active segment),
+    /// as opposed to seqs that were certainly never acknowledged.
+    pub may_hold_acknowledged: bool,
+    pub reason: String,
+}
+
+/// A file moved to `quarantine/` (or a copy of bytes cut from the log).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantine {
+    /// Where it is now.
+    pub file: PathBuf,
+    /// The segment it was or came from (from its name), if any.
+    pub segment: Option<u64>,
+    pub bytes: u64,
+    /// Seqs the quarantined bytes may hold, when known.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub reason: String,
 }
 
 /// What opening the log found and repaired.
@@ -153,10 +188,22 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// Damaged ranges newly found in the active segment.
     pub lost: Vec<LostRange>,
+    /// Seqs skipped at this open (see [`SkippedSeqs`]).
+    pub skipped: Option<SkippedSeqs>,
+    /// Whether the last stop was clean (a [`Wal::close`](crate::Wal::close)).
+    pub clean_stop: bool,
+    /// Cursors whose file was damaged: recreated at the oldest record on disk
+    /// (everything retained is delivered again unless the caller acknowledges what
+    /// it knows was delivered).
+    pub damaged_cursors: Vec<String>,
+    /// Problems with the log's own metadata that recovery worked around (a damaged
+    /// state file or metadata store, moved aside and rebuilt), for the operator.
+    pub repaired: Vec<String>,
     /// Segments whose header was damaged (their records are still read).
     pub damaged_headers: Vec<PathBuf>,
-    /// Files moved to `quarantine/` (segments of another log).
-    pub quarantined: Vec<PathBuf>,
+    /// Files moved to `quarantine/`: segments of another log, files named like
+    /// segments that are not (a directory, a FIFO, garbage), torn tails.
+    pub quarantined: Vec<Quarantine>,
     /// Leftover `.seg.tmp` files of an interrupted segment creation, removed.
     pub removed_temp_files: Vec<PathBuf>,
     pub duration: Duration,
@@ -171,6 +218,9 @@ pub enum GapCause {
     /// The records are damaged. The full range is reported once as a
     /// [`WalEvent::Damaged`]; the gap is the part this reader skipped.
     Damaged(LostRange),
+    /// The seqs were never given to a record that survived: skipped when the log
+    /// reopened after an unclean stop (see [`RecoveryReport::skipped`]).
+    Skipped,
 }
 
 /// A range the reader skipped. A consumer acknowledges it like a record so its
@@ -206,13 +256,25 @@ pub enum WalEvent {
     Evicted(Eviction),
     /// A damaged range found for the first time (at open, or by a reader).
     Damaged(LostRange),
+    /// Bytes or a file moved to `quarantine/` (reported before the move).
+    Quarantined(Quarantine),
+    /// Seqs skipped at open (reported before any new record is assigned).
+    Skipped(SkippedSeqs),
+    /// Records already answered (`fsync = never`/`interval`) that a failed
+    /// `fdatasync` left not durable: cut from the log, reported before the cut.
+    NotDurable(LostRange),
+    /// Delivered segments about to be deleted (`first_seq..=last_seq` each): what
+    /// records them must be durable first. An error postpones the deletion.
+    Deleting(Vec<(u64, u64)>),
 }
 
 /// A function called with every loss event, synchronously, before the loss takes
 /// effect on disk: an eviction before the segment is unlinked, damage before it is
-/// recorded as known. An audit trail written from it cannot miss a loss, even across
-/// `kill -9`.
-pub type EventHook = std::sync::Arc<dyn Fn(&WalEvent) + Send + Sync>;
+/// recorded as known, a quarantine before the move. An audit trail written from it
+/// cannot miss a loss, even across `kill -9`. An error from it stops an eviction
+/// (the append is refused as if the budget were full); damage it could not record
+/// is reported again later.
+pub type EventHook = std::sync::Arc<dyn Fn(&WalEvent) -> Result<(), String> + Send + Sync>;
 
 /// Where a new cursor starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,14 +9,14 @@ use std::time::Instant;
 use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::config::WalConfig;
-use crate::cursor::{Cursor, CursorState};
+use crate::cursor::{self, Cursor, CursorState, CURSORS_DIR};
 use crate::error::{AppendError, CursorError, OpenError};
 use crate::format::{frame_len, MAX_KEY_LEN};
 use crate::fsutil::{lock_dir, LockError};
 use crate::meta::Meta;
 use crate::queue::CommandQueue;
 use crate::reader::Reader;
-use crate::recovery::{ensure_layout, recover};
+use crate::recovery::{ensure_layout, recover, Inputs};
 use crate::shared::{Shared, Watermark};
 use crate::types::{
     Appended, CursorStart, EventHook, LostRange, NewRecord, RecoveryReport, WalEvent, WalStats,
@@ -89,23 +89,74 @@ impl Wal {
                 source,
             },
         })?;
-        let meta = Meta::open(&cfg.dir.join("meta"))?;
         let mut report = RecoveryReport::default();
-        let rec = recover(&cfg, &wal_dir, &quarantine_dir, &meta, &mut report)?;
+        let meta = open_meta(&cfg.dir, &mut report)?;
 
-        let meta_err = |source| OpenError::Meta {
-            path: cfg.dir.join("meta"),
-            source,
-        };
-        let cursors: BTreeMap<String, Arc<CursorState>> = meta
-            .cursor_positions()
-            .map_err(meta_err)?
-            .into_iter()
-            .map(|(name, pos)| (name.clone(), Arc::new(CursorState::new(name, pos))))
-            .collect();
+        // Cursors: their own files; an earlier version kept positions in sled.
+        let cursors_dir = cfg.dir.join(CURSORS_DIR);
+        let mut restored: BTreeMap<String, Arc<CursorState>> = BTreeMap::new();
+        let mut damaged_cursors = Vec::new();
+        match cursor::load_all(&cfg.dir) {
+            Ok(found) => {
+                for f in found {
+                    match f {
+                        cursor::Found::Valid(file, p) => {
+                            restored
+                                .insert(p.name.clone(), Arc::new(CursorState::restored(p, file)));
+                        }
+                        cursor::Found::Damaged { name, path } => {
+                            tracing::error!(cursor = %name, file = %path.display(), "cursor file damaged: the cursor restarts at the oldest record on disk");
+                            damaged_cursors.push(name);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, dir = %cursors_dir.display(), "cannot read cursor files; cursors restart at the oldest record on disk");
+                report
+                    .repaired
+                    .push(format!("cursor files unreadable: {e}"));
+            }
+        }
+        if restored.is_empty() && damaged_cursors.is_empty() {
+            for (name, pos) in meta.cursor_positions().unwrap_or_default() {
+                let path = cursors_dir.join(cursor::file_name(&name));
+                restored.insert(name.clone(), Arc::new(CursorState::new(name, pos, path)));
+            }
+        }
+        let cursor_next = restored
+            .values()
+            .map(|c| c.position() + 1)
+            .max()
+            .unwrap_or(1);
+        let rec = recover(
+            Inputs {
+                cfg: &cfg,
+                wal_dir: &wal_dir,
+                quarantine_dir: &quarantine_dir,
+                meta: &meta,
+                cursor_next,
+                hook: hook.as_ref(),
+            },
+            &mut report,
+        )?;
+        let first_on_disk = rec
+            .table
+            .first()
+            .map(|e| e.first_seq)
+            .unwrap_or(rec.next_seq);
+        for name in &damaged_cursors {
+            let path = cursors_dir.join(cursor::file_name(name));
+            let pos = first_on_disk.max(1) - 1;
+            restored.insert(
+                name.clone(),
+                Arc::new(CursorState::new(name.clone(), pos, path)),
+            );
+        }
+        report.damaged_cursors = damaged_cursors;
         let known_damage: HashSet<(u64, u64)> = meta
             .damage()
-            .map_err(meta_err)?
+            .unwrap_or_default()
             .iter()
             .map(|l| (l.segment, l.offset))
             .collect();
@@ -115,22 +166,19 @@ impl Wal {
             active_len: rec.active.len,
         };
         report.segments = rec.table.len();
-        report.first_seq = rec
-            .table
-            .first()
-            .map(|e| e.first_seq)
-            .unwrap_or(rec.next_seq);
+        report.first_seq = first_on_disk;
         report.next_seq = rec.next_seq;
         let total = rec.table.total_bytes();
         let (wm_tx, wm_rx) = watch::channel(watermark);
         let shared = Arc::new(Shared {
+            wal_id: rec.wal_id,
             wal_dir,
             meta,
             table: RwLock::new(rec.table),
-            maps: Default::default(),
+            in_use: Default::default(),
             backlog: Default::default(),
             watermark: wm_rx,
-            cursors: RwLock::new(cursors),
+            cursors: RwLock::new(restored),
             evicted_below: AtomicU64::new(0),
             known_damage: Mutex::new(known_damage),
             events: Mutex::new(None),
@@ -142,6 +190,15 @@ impl Wal {
             _lock: lock,
             cfg,
         });
+        if let Some(why) = &rec.refuse_appends {
+            shared.fail(why.clone());
+        }
+        // Cursors restored from an earlier version or recreated: durable now.
+        for c in shared.cursors.read().unwrap().values() {
+            if let Err(e) = c.persist(&cursors_dir) {
+                tracing::warn!(error = %e, "cannot write a cursor file yet; its position is kept in memory");
+            }
+        }
         for lost in &rec.lost {
             if shared.report_damage(lost) {
                 report.lost.push(lost.clone());
@@ -176,6 +233,8 @@ impl Wal {
             rec.wal_id,
             rec.active,
             rec.next_seq,
+            rec.state,
+            rec.pending_rotation,
         );
         let handle = std::thread::Builder::new()
             .name("tracespool-wal-writer".into())
@@ -195,8 +254,10 @@ impl Wal {
             bytes = total,
             first_seq = report.first_seq,
             next_seq = report.next_seq,
+            clean_stop = report.clean_stop,
             torn_tail_bytes = report.torn_tail.as_ref().map(|t| t.bytes).unwrap_or(0),
             lost_ranges = report.lost.len(),
+            skipped = ?report.skipped.as_ref().map(|s| (s.first_seq, s.last_seq)),
             open_ms = report.duration.as_secs_f64() * 1000.0,
             "write-ahead log opened"
         );
@@ -210,6 +271,11 @@ impl Wal {
             }),
         };
         Ok((wal, report))
+    }
+
+    /// The log's random identity.
+    pub fn id(&self) -> [u8; 16] {
+        self.inner.shared.wal_id
     }
 
     pub fn config(&self) -> &WalConfig {
@@ -310,19 +376,34 @@ impl Wal {
                 first.max(shared.evicted_below()).max(1) - 1
             }
         };
-        let meta_err = |source| CursorError::Meta {
-            cursor: name.to_string(),
-            source,
-        };
-        shared.meta.set_cursor(name, position).map_err(meta_err)?;
-        shared.meta.flush().map_err(meta_err)?;
-        let state = Arc::new(CursorState::new(name.to_string(), position));
+        let cursors_dir = shared.cfg.dir.join(CURSORS_DIR);
+        let path = cursors_dir.join(cursor::file_name(name));
+        let state = Arc::new(CursorState::new(name.to_string(), position, path));
+        // Durable at once; on a full disk it lives in memory until it can be written.
+        if let Err(e) = state.persist(&cursors_dir) {
+            tracing::warn!(cursor = name, error = %e, "cannot create the cursor's file yet; its position is kept in memory until it can be written");
+        }
         cursors.insert(name.to_string(), state.clone());
         tracing::info!(cursor = name, position, "cursor created");
         Ok(Cursor {
             shared: shared.clone(),
             state,
         })
+    }
+
+    /// The oldest seq still retained: where a cursor created at
+    /// [`CursorStart::Oldest`] now would start.
+    pub fn oldest_retained(&self) -> u64 {
+        let shared = &self.inner.shared;
+        let wm = *shared.watermark.borrow();
+        let first = shared
+            .table
+            .read()
+            .unwrap()
+            .first()
+            .map(|e| e.first_seq)
+            .unwrap_or(wm.last_seq + 1);
+        first.max(shared.evicted_below()).max(1)
     }
 
     /// Names and positions of all cursors.
@@ -341,15 +422,21 @@ impl Wal {
     /// segments back. Returns whether it existed.
     pub fn remove_cursor(&self, name: &str) -> Result<bool, CursorError> {
         let shared = &self.inner.shared;
-        let existed = shared.cursors.write().unwrap().remove(name).is_some();
-        shared
-            .meta
-            .remove_cursor(name)
-            .map_err(|source| CursorError::Meta {
-                cursor: name.to_string(),
-                source,
-            })?;
-        Ok(existed)
+        let removed = shared.cursors.write().unwrap().remove(name);
+        let path = shared
+            .cfg
+            .dir
+            .join(CURSORS_DIR)
+            .join(cursor::file_name(name));
+        let state = removed
+            .clone()
+            .unwrap_or_else(|| Arc::new(CursorState::new(name.to_string(), 0, path.clone())));
+        state.remove_file().map_err(|source| CursorError::Io {
+            cursor: name.to_string(),
+            path,
+            source,
+        })?;
+        Ok(removed.is_some())
     }
 
     /// The stream of loss events (evictions, newly found damage). Can be taken once;
@@ -417,9 +504,13 @@ impl Wal {
         }
     }
 
-    /// Makes cursor positions durable now.
-    pub fn flush(&self) -> Result<(), sled::Error> {
-        self.inner.shared.meta.flush()
+    /// Makes every cursor's acks durable now (and the metadata store).
+    pub fn flush(&self) -> Result<(), CursorError> {
+        self.inner.shared.persist_cursors()?;
+        if let Err(e) = self.inner.shared.meta.flush() {
+            tracing::warn!(error = %e, "flushing the metadata store");
+        }
+        Ok(())
     }
 
     /// The metadata database, for callers that keep small metadata of their own
@@ -444,4 +535,41 @@ impl Wal {
             let _ = handle.join();
         }
     }
+}
+
+/// Opens the metadata store. One that cannot be opened because it is damaged is
+/// moved aside (`meta.damaged-<unix seconds>`) and started afresh; one that cannot
+/// be opened for lack of space is replaced by a temporary store outside the data
+/// directory for this run. Either way the log opens, and the report says so.
+fn open_meta(dir: &std::path::Path, report: &mut RecoveryReport) -> Result<Meta, OpenError> {
+    let path = dir.join("meta");
+    let err = match Meta::open(&path) {
+        Ok(m) => return Ok(m),
+        Err(e) => e,
+    };
+    let no_space = matches!(&err, OpenError::Meta { source: sled::Error::Io(io), .. } if crate::fsutil::is_out_of_space(io));
+    if no_space {
+        tracing::error!(error = %err, "metadata store cannot open: the disk is full. Running with a temporary one (retention times and the damage registry are not kept across this restart)");
+        report.repaired.push(format!(
+            "metadata store not opened (disk full: {err}); a temporary one is used"
+        ));
+        return Meta::temporary();
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = dir.join(format!("meta.damaged-{secs}"));
+    tracing::error!(error = %err, moved_to = %aside.display(), "metadata store damaged: moved aside and started afresh (dedup keys are re-indexed from the log, cursors have their own files)");
+    report.repaired.push(format!(
+        "metadata store damaged ({err}); moved to {} and rebuilt",
+        aside.display()
+    ));
+    if std::fs::rename(&path, &aside).is_ok() {
+        let _ = crate::fsutil::sync_dir(dir);
+        if let Ok(m) = Meta::open(&path) {
+            return Ok(m);
+        }
+    }
+    Meta::temporary()
 }

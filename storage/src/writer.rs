@@ -22,8 +22,18 @@
 //! A failed `fdatasync` or a failed write other than out-of-space is final: the log
 //! records the cause and refuses every later append (the kernel may already have
 //! dropped the dirty pages, so retrying could report data durable that is not).
-//! Out of space is not final: the partial write is cut off and the group fails with
-//! [`AppendError::Full`]; later appends succeed once space returns.
+//! Either way the active segment is first cut back to the bytes the last successful
+//! sync covered: after a failed writeback Linux keeps the lost pages in its cache,
+//! marked clean, and a restart would otherwise read (and export) records that are
+//! not on disk. Out of space — from a write or from `fdatasync` — is not final: the
+//! unsynced bytes are cut off, the group fails with [`AppendError::Full`], and later
+//! appends succeed once space returns. Records already answered under `fsync =
+//! never`/`interval` that such a cut removes are reported as not durable.
+//!
+//! Every frame carries `durable_through`, the last seq synced before it was
+//! written: the evidence recovery uses to tell a torn unsynced group from damage to
+//! durable records. Seqs are reserved in blocks in `wal.state` before they are
+//! assigned (`state.rs`).
 
 use std::fs::{self, File};
 use std::io::{self, IoSlice};
@@ -39,12 +49,17 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
 use crate::config::{FsyncPolicy, WhenFull};
 use crate::error::{AppendError, FullReason};
 use crate::failpoints::{os_error, Action};
-use crate::format::{encode_head, frame_len, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::format::{
+    decode_header, encode_head, frame_len, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
 use crate::fsutil::{self, available_bytes, create_new_owner_only, is_out_of_space, sync_dir};
 use crate::queue::CommandQueue;
-use crate::segment::{scan_at, segment_path, Scan, SegmentEntry, SegmentMap, RECORDS_START};
+use crate::segment::{read_region, scan_at, segment_path, Scan, SegmentEntry, RECORDS_START};
 use crate::shared::{Shared, Watermark};
-use crate::types::{nanos_since_epoch, Appended, CursorLoss, Eviction, NewRecord, WalEvent};
+use crate::state::{LogState, StateFile, RESERVE_BLOCK};
+use crate::types::{
+    nanos_since_epoch, Appended, CursorLoss, Eviction, LostRange, NewRecord, WalEvent,
+};
 
 /// A chunk of records is written out when it reaches this size or record count
 /// (one `pwritev` takes at most 1024 slices, two per record).
@@ -60,6 +75,9 @@ const MAX_GROUP_WAIT: Duration = Duration::from_micros(250);
 const SLOW_SYNC: Duration = Duration::from_millis(500);
 /// How often retention runs when the writer is otherwise idle.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+/// Under `fsync = never`, how long written records wait for the sync that makes
+/// them visible to readers (answers never wait for it).
+const NEVER_READER_SYNC: Duration = Duration::from_secs(1);
 
 pub(crate) type AppendReply = oneshot::Sender<Result<Appended, AppendError>>;
 
@@ -136,9 +154,17 @@ pub(crate) struct Writer {
     /// Filesystem space available, read once per group when `min_free_bytes` is set,
     /// then reduced by what the group writes.
     available: Option<u64>,
+    /// `wal.state` (`None` if it could not be written at open: appends refused).
+    state: Option<StateFile>,
+    /// No seq above this has been assigned; raised durably before one is.
+    reserved: u64,
+    /// A new active segment still to be created (its `skipped_from`) before the next
+    /// append: seqs were skipped and there was no space for it then.
+    pending_rotation: Option<u64>,
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: Arc<Shared>,
         watermark: watch::Sender<Watermark>,
@@ -147,8 +173,17 @@ impl Writer {
         wal_id: [u8; 16],
         active: Active,
         next_seq: u64,
+        state: Option<StateFile>,
+        pending_rotation: Option<u64>,
     ) -> Self {
+        let reserved = state
+            .as_ref()
+            .map(|s| s.state.reserved)
+            .unwrap_or(next_seq - 1);
         Self {
+            state,
+            reserved,
+            pending_rotation,
             shared,
             watermark,
             queue,
@@ -269,9 +304,19 @@ impl Writer {
         }
     }
 
+    /// How often unsynced records are synced in the background: `interval`, or for
+    /// readers' sake under `never`.
+    fn background_sync(&self) -> Option<Duration> {
+        match self.shared.cfg.fsync {
+            FsyncPolicy::Interval(every) => Some(every),
+            FsyncPolicy::Never => Some(NEVER_READER_SYNC),
+            FsyncPolicy::Always => None,
+        }
+    }
+
     fn idle_timeout(&self) -> Duration {
         let mut t = MAINTENANCE_EVERY.saturating_sub(self.last_maintenance.elapsed());
-        if let FsyncPolicy::Interval(every) = self.shared.cfg.fsync {
+        if let Some(every) = self.background_sync() {
             if self.active.synced_len < self.active.len {
                 t = t.min(every.saturating_sub(self.last_sync.elapsed()));
             }
@@ -280,7 +325,7 @@ impl Writer {
     }
 
     fn periodic(&mut self) {
-        if let FsyncPolicy::Interval(every) = self.shared.cfg.fsync {
+        if let Some(every) = self.background_sync() {
             if self.active.synced_len < self.active.len && self.last_sync.elapsed() >= every {
                 self.sync();
                 self.publish();
@@ -315,6 +360,13 @@ impl Writer {
             }));
             return;
         }
+        if let Some(skipped_from) = self.pending_rotation {
+            if let Err(e) = self.rotate_with(skipped_from) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            self.pending_rotation = None;
+        }
         let mut evicted = Vec::new();
         if let Err(e) = self.make_room(frame, &mut evicted) {
             let _ = reply.send(Err(e));
@@ -327,6 +379,12 @@ impl Writer {
             }
         }
         let seq = self.next_seq;
+        if seq > self.reserved {
+            if let Err(e) = self.reserve(seq) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
         self.next_seq += 1;
         let start = self.heads.len();
         encode_head(
@@ -335,6 +393,7 @@ impl Writer {
             nanos_since_epoch(record.received_at),
             record.span_count,
             record.codec,
+            self.last_synced_seq,
             &record.idempotency_key,
             &record.payload,
         );
@@ -448,8 +507,35 @@ impl Writer {
         waited
     }
 
+    /// Raises the durable bound on assigned seqs past `seq` (`state.rs`).
+    fn reserve(&mut self, seq: u64) -> Result<(), AppendError> {
+        let new = seq + RESERVE_BLOCK - 1;
+        let Some(state) = self.state.as_mut() else {
+            return Err(
+                self.fail("wal.state cannot be written: no seq can be assigned safely".into())
+            );
+        };
+        let next = LogState {
+            wal_id: self.wal_id,
+            reserved: new,
+            clean_next: 0,
+        };
+        if let Err(e) = state.write(next) {
+            let path = state.path().display().to_string();
+            return Err(self.fail(format!("recording the seq bound in {path}: {e}")));
+        }
+        self.reserved = new;
+        Ok(())
+    }
+
     /// Seals the active segment and starts a new one at `next_seq`.
     fn rotate(&mut self) -> Result<(), AppendError> {
+        self.rotate_with(0)
+    }
+
+    /// [`Writer::rotate`], the new segment's header saying that `skipped_from..`
+    /// its first seq were never assigned (0: nothing skipped).
+    fn rotate_with(&mut self, skipped_from: u64) -> Result<(), AppendError> {
         self.flush_chunk();
         // S1: a sealed segment is complete on disk before the next one exists.
         self.sync();
@@ -458,19 +544,17 @@ impl Writer {
                 cause: cause.clone(),
             });
         }
-        let new = self.create_segment(self.next_seq)?;
+        let new = self.create_segment(self.next_seq, skipped_from)?;
         let old = std::mem::replace(&mut self.active, new);
         {
             let mut table = self.shared.table.write().unwrap();
             table.seal(old.first_seq);
             table.insert(SegmentEntry {
                 first_seq: self.active.first_seq,
+                skipped_from,
                 len: self.active.len,
                 sealed: false,
             });
-        }
-        if let Err(e) = self.shared.meta.set_seq_floor(self.next_seq, false) {
-            tracing::warn!(error = %e, "could not record seq floor");
         }
         tracing::debug!(
             sealed = old.first_seq,
@@ -482,11 +566,12 @@ impl Writer {
     }
 
     /// C1–C5: creates the segment file for `first_seq`, header durable, name durable.
-    fn create_segment(&mut self, first_seq: u64) -> Result<Active, AppendError> {
+    fn create_segment(&mut self, first_seq: u64, skipped_from: u64) -> Result<Active, AppendError> {
         let header = SegmentHeader {
             first_seq,
             created_at_nanos: nanos_since_epoch(SystemTime::now()),
             wal_id: self.wal_id,
+            skipped_from,
         };
         let wal_dir = self.shared.wal_dir.clone();
         let r = create_segment_file(&wal_dir, &header, self.fire("segment.create"));
@@ -593,6 +678,10 @@ impl Writer {
                     self.chunk_bytes,
                     self.active.path.display()
                 ));
+                // Nothing of the chunk may be found at the next start.
+                if let Err(e2) = self.active.file.set_len(offset) {
+                    tracing::error!(segment = %self.active.path.display(), offset, error = %e2, "could not cut back a failed write; a restart may find part of it (as a torn tail)");
+                }
                 self.fail_chunk(first_seq, err);
             }
         }
@@ -656,12 +745,83 @@ impl Writer {
                 self.done
                     .extend(self.unsynced.drain(..).map(|p| (p, Ok(()))));
             }
-            Err(e) => {
-                // A failed fsync is final: the kernel may have dropped the pages.
-                let err = self.fail(format!("fdatasync {}: {e}", self.active.path.display()));
-                self.done
-                    .extend(self.unsynced.drain(..).map(|p| (p, Err(err.clone()))));
+            Err(e) => self.sync_failed(e),
+        }
+    }
+
+    /// A failed `fdatasync`: the bytes it should have covered are cut off (a restart
+    /// must not read pages the kernel kept after failing to write them), what they
+    /// held is answered or reported, and — unless the disk was merely full — the
+    /// log stops accepting appends.
+    fn sync_failed(&mut self, e: io::Error) {
+        let path = self.active.path.clone();
+        let synced = self.active.synced_len;
+        let full = is_out_of_space(&e);
+        let err = if full {
+            tracing::warn!(segment = %path.display(), error = %e, "fdatasync found the filesystem full; the unsynced records are cut off and refused");
+            AppendError::Full(FullReason::NoSpace {
+                path: path.clone(),
+                detail: format!("fdatasync: {e}"),
+            })
+        } else {
+            // A failed fsync is final: the kernel may have dropped the pages.
+            self.fail(format!("fdatasync {}: {e}", path.display()))
+        };
+        // Records already answered (never/interval) that the cut removes.
+        let answered = (self.last_synced_seq + 1..=self.last_written_seq)
+            .filter(|s| !self.unsynced.iter().any(|p| p.seq == *s))
+            .collect::<Vec<u64>>();
+        if let (Some(&a), Some(&b)) = (answered.first(), answered.last()) {
+            let lost = LostRange {
+                first_seq: a,
+                last_seq: b,
+                segment: self.active.first_seq,
+                offset: synced,
+                spans: None,
+                reason: format!("acknowledged under fsync = never/interval, not durable: fdatasync failed ({e})"),
+            };
+            tracing::error!(first_seq = a, last_seq = b, error = %e, "records already answered are not durable: a failed fdatasync lost them");
+            let _ = self.shared.emit(WalEvent::NotDurable(lost));
+        }
+        let cut = self
+            .active
+            .file
+            .set_len(synced)
+            .and_then(|()| self.active.file.sync_data());
+        match cut {
+            Ok(()) => {
+                self.active.len = synced;
+                self.shared
+                    .table
+                    .write()
+                    .unwrap()
+                    .set_len(self.active.first_seq, synced);
             }
+            Err(e2) => {
+                self.fail(format!(
+                    "cutting {} back to its synced {synced} bytes after a failed fdatasync: {e2}",
+                    path.display()
+                ));
+                tracing::error!(segment = %path.display(), offset = synced, error = %e2, "could not cut back unsynced records; a restart may find some of them");
+            }
+        }
+        let err_all = match self.shared.failed.get() {
+            Some(cause) => AppendError::Failed {
+                cause: cause.clone(),
+            },
+            None => err,
+        };
+        self.done
+            .extend(self.unsynced.drain(..).map(|p| (p, Err(err_all.clone()))));
+        if answered.is_empty() {
+            // Nobody saw or was told of these seqs: they are free again.
+            self.next_seq = self.last_synced_seq + 1;
+            self.last_written_seq = self.last_synced_seq;
+        } else if self.shared.failed.get().is_none() {
+            // Their seqs are not reused (the ledger has them): the next append
+            // starts a segment whose header says they were skipped.
+            self.last_written_seq = self.last_synced_seq;
+            self.pending_rotation = Some(self.last_synced_seq + 1);
         }
     }
 
@@ -675,12 +835,10 @@ impl Writer {
         self.send_replies();
     }
 
-    /// W3: tells readers what they may read.
+    /// W3: tells readers what they may read — only synced records, under every
+    /// policy, so nothing a backend received can vanish from the log.
     fn publish(&self) {
-        let (last_seq, active_len) = match self.shared.cfg.fsync {
-            FsyncPolicy::Never => (self.last_written_seq, self.active.len),
-            _ => (self.last_synced_seq, self.active.synced_len),
-        };
+        let (last_seq, active_len) = (self.last_synced_seq, self.active.synced_len);
         let wm = Watermark {
             last_seq,
             active_segment: self.active.first_seq,
@@ -727,18 +885,13 @@ impl Writer {
                 cause: cause.clone(),
             });
         }
-        // The seq floor must be durable before the last segment file disappears, or a
-        // crash before the replacement exists would let seqs be assigned again.
-        if let Err(e) = self.shared.meta.set_seq_floor(self.next_seq, true) {
-            return Err(self.fail(format!(
-                "recording seq floor before evicting the active segment: {e}"
-            )));
-        }
+        // (No seq is assigned again once the last segment file is gone: the bound in
+        // wal.state already covers every seq given out.)
         let first = self.active.first_seq;
         let len = self.active.len;
         self.shared.table.write().unwrap().seal(first);
         let eviction = self.evict(first, self.next_seq - 1, len)?;
-        let new = match self.create_segment(self.next_seq) {
+        let new = match self.create_segment(self.next_seq, 0) {
             Ok(a) => a,
             Err(e) => {
                 // With no segment left there is nowhere to append: stop until restart.
@@ -750,6 +903,7 @@ impl Writer {
         self.active = new;
         self.shared.table.write().unwrap().insert(SegmentEntry {
             first_seq: self.active.first_seq,
+            skipped_from: 0,
             len: self.active.len,
             sealed: false,
         });
@@ -769,20 +923,25 @@ impl Writer {
             undelivered_spans = eviction.undelivered_spans,
             "disk budget full: oldest segment evicted (when_full = drop_oldest)"
         );
-        // Reported before it happens, so an audit trail cannot miss it.
-        self.shared.emit(WalEvent::Evicted(eviction.clone()));
+        // Reported before it happens, so an audit trail cannot miss it; if it cannot
+        // be recorded, nothing is evicted (the append is refused instead).
+        if let Err(detail) = self.shared.emit(WalEvent::Evicted(eviction.clone())) {
+            tracing::error!(segment = %path.display(), error = %detail, "eviction not recorded; nothing evicted, the append is refused");
+            return Err(AppendError::Full(FullReason::NotRecorded { detail }));
+        }
         // D1: unlink.
         if let Err(e) = fs::remove_file(&path) {
             return Err(self.fail(format!("deleting {} to make room: {e}", path.display())));
         }
-        // D2: make the deletion durable.
-        if let Err(e) = sync_dir(&self.shared.wal_dir) {
-            return Err(self.fail(format!("fsync of {}: {e}", self.shared.wal_dir.display())));
-        }
+        // The file is gone whatever happens next: readers must not look for it.
         self.shared.table.write().unwrap().remove(first);
         self.shared
             .evicted_below
             .fetch_max(last + 1, Ordering::AcqRel);
+        // D2: make the deletion durable.
+        if let Err(e) = sync_dir(&self.shared.wal_dir) {
+            return Err(self.fail(format!("fsync of {}: {e}", self.shared.wal_dir.display())));
+        }
         if let Err(e) = self.shared.meta.forget_segment(first) {
             tracing::warn!(error = %e, segment = first, "could not drop metadata of evicted segment");
         }
@@ -794,36 +953,7 @@ impl Writer {
     /// now on; see `cursor.rs`).
     fn describe(&self, first: u64, last: u64, len: u64, path: &Path) -> Eviction {
         // Span count of every readable record, in seq order.
-        let mut spans_of: Vec<(u64, u64)> = Vec::new();
-        match File::open(path).and_then(|f| SegmentMap::map(&f, len)) {
-            Ok(map) => {
-                let mut offset = RECORDS_START;
-                let mut last_good = first - 1;
-                loop {
-                    match scan_at(&map, offset, map.len(), last_good) {
-                        Scan::Frame { offset: at, frame } => {
-                            let seq = frame.header.seq;
-                            if seq > last_good {
-                                spans_of.push((seq, frame.header.span_count as u64));
-                                last_good = seq;
-                            }
-                            offset = at + frame.frame_len();
-                        }
-                        Scan::Damage(d) => match d.resume {
-                            Some((at, seq)) => {
-                                offset = at;
-                                last_good = seq - 1;
-                            }
-                            None => break,
-                        },
-                        Scan::End => break,
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, segment = %path.display(), "could not read segment to count its spans")
-            }
-        }
+        let spans_of = count_spans(path, first, len);
         let spans_in = |s: u64, e: u64| -> u64 {
             let lo = spans_of.partition_point(|&(q, _)| q < s);
             let hi = spans_of.partition_point(|&(q, _)| q <= e);
@@ -933,8 +1063,25 @@ impl Writer {
             self.publish();
             self.send_replies();
         }
+        if let Err(e) = self.shared.persist_cursors() {
+            tracing::error!(error = %e, "persisting cursors at shutdown");
+        }
         if let Err(e) = self.shared.meta.flush() {
             tracing::error!(error = %e, "flushing metadata at shutdown");
+        }
+        // The clean-close marker: the next open knows the exact next seq and skips
+        // nothing. Not after a failure (the state of the tail is then in doubt).
+        if self.shared.failed.get().is_none() && self.pending_rotation.is_none() {
+            if let Some(state) = self.state.as_mut() {
+                let s = LogState {
+                    wal_id: self.wal_id,
+                    reserved: self.reserved.max(self.next_seq - 1),
+                    clean_next: self.next_seq,
+                };
+                if let Err(e) = state.write(s) {
+                    tracing::error!(error = %e, "recording the clean close");
+                }
+            }
         }
     }
 }
@@ -948,7 +1095,11 @@ fn write_all_vectored_at(
     // IOV_MAX on Linux.
     const MAX_IOV: usize = 1024;
     while !slices.is_empty() {
-        let n = rustix::io::pwritev(file, &slices[..slices.len().min(MAX_IOV)], offset)?;
+        let n = match rustix::io::pwritev(file, &slices[..slices.len().min(MAX_IOV)], offset) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -1032,4 +1183,59 @@ impl Drop for PanicGuard {
             drop(self.1.close());
         }
     }
+}
+
+/// (seq, spans) of every record of a segment about to be deleted: record headers
+/// read with `pread`; past damage, the rest of the file is read (bad pages as
+/// zeros) and scanned.
+fn count_spans(path: &Path, first: u64, len: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let Ok(file) = File::open(path) else {
+        tracing::warn!(segment = %path.display(), "could not read segment to count its spans");
+        return out;
+    };
+    let mut offset = RECORDS_START as u64;
+    let mut buf = [0u8; RECORD_HEADER_LEN];
+    let mut last_good = first - 1;
+    while offset + 40 <= len {
+        let n = (len - offset).min(RECORD_HEADER_LEN as u64) as usize;
+        let Ok(region) = read_region(&file, offset, n) else {
+            break;
+        };
+        buf[..region.bytes.len()].copy_from_slice(&region.bytes);
+        match decode_header(&buf[..region.bytes.len()]) {
+            Ok(h) if h.seq > last_good && offset + h.frame_len() as u64 <= len => {
+                out.push((h.seq, h.span_count as u64));
+                last_good = h.seq;
+                offset += h.frame_len() as u64;
+            }
+            _ => {
+                // Damage: scan the rest properly.
+                if let Ok(rest) = read_region(&file, offset, (len - offset) as usize) {
+                    let mut at = 0;
+                    loop {
+                        match scan_at(&rest.bytes, at, rest.bytes.len(), last_good) {
+                            Scan::Frame { offset: o, frame } => {
+                                if frame.header.seq > last_good {
+                                    out.push((frame.header.seq, frame.header.span_count as u64));
+                                    last_good = frame.header.seq;
+                                }
+                                at = o + frame.frame_len();
+                            }
+                            Scan::Damage(d) => match d.resume {
+                                Some((o, seq)) => {
+                                    at = o;
+                                    last_good = seq - 1;
+                                }
+                                None => break,
+                            },
+                            Scan::End => break,
+                        }
+                    }
+                }
+                break;
+            }
+        }
+    }
+    out
 }

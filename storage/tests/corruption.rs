@@ -166,9 +166,10 @@ async fn corrupt_record_in_active_segment_is_reported_at_open_and_appends_contin
 }
 
 #[tokio::test]
-async fn torn_tail_is_cut_kept_in_quarantine_and_the_seq_reused() {
+async fn torn_tail_after_a_crash_is_cut_kept_in_quarantine_and_its_seqs_never_reused() {
     let dir = tempfile::tempdir().unwrap();
     let files = fill_and_close(dir.path(), N, LEN).await;
+    tracespool_storage::__forget_clean_close(dir.path()).unwrap();
     let active = files.last().unwrap();
     let last = *frames(active).last().unwrap();
     assert_eq!(last.seq, N);
@@ -185,16 +186,61 @@ async fn torn_tail_is_cut_kept_in_quarantine_and_the_seq_reused() {
     assert_eq!(&kept[..], &original[last.offset as usize..cut as usize]);
     assert_eq!(std::fs::metadata(active).unwrap().len(), last.offset);
     assert!(report.lost.is_empty());
-    assert_eq!(report.next_seq, N);
-    check_log(&wal, LEN, N - 1);
+    // The cut bytes could have held seqs up to this bound: none is assigned again,
+    // so an idempotency key made of one can never name another batch.
+    let bound = N - 1 + torn.bytes.div_ceil(40);
+    assert_eq!(torn.last_seq_bound, bound);
+    let skipped = report.skipped.clone().expect("seqs skipped");
+    assert_eq!((skipped.first_seq, skipped.last_seq), (N, bound));
+    // Under fsync = always an append that never completed was never acknowledged.
+    assert!(!skipped.may_hold_acknowledged);
+    assert_eq!(report.next_seq, bound + 1);
+    let items = read_all(&wal);
+    assert_eq!(records(&items).len() as u64, N - 1);
+    let seq = wal
+        .append(record(N - 1, LEN, spans_of(N - 1)))
+        .await
+        .unwrap()
+        .seq;
+    assert_eq!(seq, bound + 1);
+    // Readers see the skipped seqs as such, not as damage.
+    let items = read_all(&wal);
+    let gaps: Vec<_> = items
+        .iter()
+        .filter_map(|i| match i {
+            tracespool_storage::ReadItem::Gap(g) => Some(g.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!((gaps[0].first_seq, gaps[0].last_seq), (N, bound));
+    assert_eq!(gaps[0].cause, GapCause::Skipped);
+    assert_eq!(records(&items).last().unwrap().seq, bound + 1);
+    assert!(wal.damage().is_empty());
+}
+
+#[tokio::test]
+async fn a_damaged_last_record_after_a_clean_close_is_damage_and_its_seq_is_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = fill_and_close(dir.path(), N, LEN).await;
+    let active = files.last().unwrap();
+    let last = *frames(active).last().unwrap();
+    flip_byte(active, last.offset + last.len - 3);
+    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    // Synced before the close: damage, counted, not a torn tail of a lost append.
+    assert_eq!(report.lost.len(), 1, "{report:?}");
+    assert_eq!((report.lost[0].first_seq, report.lost[0].last_seq), (N, N));
+    assert_eq!(report.lost[0].spans, Some(spans_of(N - 1) as u64));
+    assert!(report.skipped.is_none());
+    assert_eq!(report.next_seq, N + 1);
+    let gaps = check_log(&wal, LEN, N);
+    assert_eq!(gaps.len(), 1);
+    assert_eq!((damaged(&gaps[0]).first_seq, gaps[0].last_seq), (N, N));
     assert_eq!(
-        wal.append(record(N - 1, LEN, spans_of(N - 1)))
-            .await
-            .unwrap()
-            .seq,
-        N
+        wal.append(record(N, LEN, spans_of(N))).await.unwrap().seq,
+        N + 1
     );
-    check_log(&wal, LEN, N);
+    check_log(&wal, LEN, N + 1);
 }
 
 #[tokio::test]
@@ -224,7 +270,7 @@ async fn damaged_sealed_segment_header_is_reported_and_its_records_still_read() 
 }
 
 #[tokio::test]
-async fn damaged_active_segment_header_is_rewritten() {
+async fn damaged_active_segment_header_moves_appends_to_a_new_segment() {
     let dir = tempfile::tempdir().unwrap();
     let files = fill_and_close(dir.path(), N, LEN).await;
     let active = files.last().unwrap();
@@ -232,9 +278,13 @@ async fn damaged_active_segment_header_is_rewritten() {
     let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
     assert_eq!(report.damaged_headers, vec![active.clone()]);
     assert!(check_log(&wal, LEN, N).is_empty());
+    assert_eq!(segment_files(dir.path()).len(), files.len() + 1);
+    wal.append(record(N, LEN, spans_of(N))).await.unwrap();
     wal.close().await;
-    let (_, report) = Wal::open(small_config(dir.path())).unwrap();
-    assert!(report.damaged_headers.is_empty());
+    // Its records stay readable where they are; appends went elsewhere.
+    let (wal, report) = Wal::open(small_config(dir.path())).unwrap();
+    assert_eq!(report.damaged_headers, vec![active.clone()]);
+    assert!(check_log(&wal, LEN, N + 1).is_empty());
 }
 
 #[tokio::test]
@@ -264,7 +314,7 @@ async fn segment_of_a_newer_format_version_stops_the_open_with_a_clear_error() {
             err,
             OpenError::UnsupportedVersion {
                 found: 9,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
@@ -284,7 +334,9 @@ async fn segment_of_another_log_is_quarantined() {
     let (wal, report) = Wal::open(small_config(a.path())).unwrap();
     assert_eq!(report.quarantined.len(), 1);
     assert!(!stray.exists());
-    assert!(report.quarantined[0].starts_with(a.path().join("quarantine")));
+    assert!(report.quarantined[0]
+        .file
+        .starts_with(a.path().join("quarantine")));
     check_log(&wal, LEN, 5);
 }
 

@@ -48,7 +48,8 @@ class Codes(logging.Handler):
                 break
 
 
-def make_batches(args):
+def batch_maker(args):
+    """Returns make(n): the spans of batch n, made on demand."""
     # Extra attributes per scope: {"resource": {...}, "scope": {...}, "span": {...},
     # "event": {...}, "link": {...}}.
     extra = {}
@@ -61,8 +62,8 @@ def make_batches(args):
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("tracespool.tests", "1.0", attributes=extra.get("scope") or None)
-    batches = []
-    for b in range(args.batches):
+
+    def make(b):
         memory.clear()
         parent = None
         for s in range(args.spans):
@@ -87,8 +88,9 @@ def make_batches(args):
                     span.set_status(Status(StatusCode.ERROR, "boom"))
                 if parent is None:
                     parent = span
-        batches.append(list(memory.get_finished_spans()))
-    return batches
+        return list(memory.get_finished_spans())
+
+    return make
 
 
 def exporter(args, key):
@@ -130,7 +132,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--protocol", choices=["grpc", "http"], required=True)
     p.add_argument("--endpoint", required=True)
-    p.add_argument("--batches", type=int, default=10)
+    p.add_argument("--batches", type=int, default=10, help="batches to send; 0: until --stop-file exists")
+    p.add_argument("--stop-file", help="finish the batch in hand and stop once this file exists")
     p.add_argument("--spans", type=int, default=5)
     p.add_argument("--prefix", default="run")
     p.add_argument("--service", default="tracespool-test-client")
@@ -152,11 +155,18 @@ def main():
     logging.getLogger("opentelemetry").addHandler(codes)
     logging.getLogger("opentelemetry").setLevel(logging.INFO)
 
-    batches = make_batches(args)
+    make = batch_maker(args)
     start = time.time()
     failures = 0
     shared = None if args.keys else exporter(args, None)
-    for n, batch in enumerate(batches):
+    n = -1
+    while True:
+        n += 1
+        if args.batches and n >= args.batches:
+            break
+        if args.stop_file and os.path.exists(args.stop_file):
+            break
+        batch = make(n)
         key = f"{args.prefix}-batch-{n}" if args.keys else None
         while True:
             exp = shared or exporter(args, key)
@@ -180,7 +190,7 @@ def main():
             time.sleep(args.pause)
     if shared is not None:
         shared.shutdown()
-    print(json.dumps({"done": True, "failures": failures, "codes": codes.codes}), flush=True)
+    print(json.dumps({"done": True, "failures": failures, "codes": codes.codes, "batches": n}), flush=True)
 
 
 if __name__ == "__main__":

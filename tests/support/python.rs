@@ -41,9 +41,85 @@ impl PyResult {
     }
 }
 
-/// The interpreter the tests run (`TRACESPOOL_PYTHON`, default python3).
+/// The interpreter the tests run: `TRACESPOOL_PYTHON` if set, else the tests' own
+/// virtual environment under `target/test-venv`, created on first use with the
+/// pinned `tests/requirements.txt` (a stock Debian python refuses `pip install`
+/// outside one).
 pub fn python() -> String {
-    std::env::var("TRACESPOOL_PYTHON").unwrap_or_else(|_| "python3".into())
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            if let Ok(p) = std::env::var("TRACESPOOL_PYTHON") {
+                return p;
+            }
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            match ensure_venv(root) {
+                Ok(p) => p.display().to_string(),
+                Err(e) => panic!(
+                    "cannot set up the OpenTelemetry Python SDK for the tests in {}/target/test-venv: {e}\n\
+                     (needs python3 with the venv module — Debian: python3-venv — and PyPI)",
+                    root.display()
+                ),
+            }
+        })
+        .clone()
+}
+
+/// Creates (once; every test process waits on a lock) `target/test-venv` with the
+/// pinned requirements, and returns its interpreter. A venv made for another
+/// `requirements.txt` is made again.
+pub fn ensure_venv(workspace: &Path) -> Result<PathBuf, String> {
+    let target = workspace.join("target");
+    let venv = target.join("test-venv");
+    let python = venv.join("bin/python");
+    let requirements = workspace.join("tests/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .map_err(|e| format!("{}: {e}", requirements.display()))?;
+    let marker = venv.join(".tracespool-requirements");
+    std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
+    let lock = std::fs::File::create(target.join("test-venv.lock")).map_err(|e| e.to_string())?;
+    lock.lock().map_err(|e| format!("locking the venv: {e}"))?;
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) && python.exists()
+    {
+        return Ok(python);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{what}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    eprintln!("setting up {} (once)", venv.display());
+    run(
+        Command::new("python3").arg("-m").arg("venv").arg(&venv),
+        "python3 -m venv",
+    )?;
+    run(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements),
+        "pip install -r tests/requirements.txt",
+    )?;
+    std::fs::write(&marker, &wanted).map_err(|e| e.to_string())?;
+    Ok(python)
 }
 
 pub fn script() -> PathBuf {
@@ -66,7 +142,7 @@ pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> PyClient {
         .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
         .stderr(Stdio::from(std::fs::File::create(&err).unwrap()))
         .spawn()
-        .expect("run python3 (the tests need the OpenTelemetry Python SDK: pip install -r tests/requirements.txt)");
+        .expect("run the Python SDK client");
     PyClient { child, out, err }
 }
 

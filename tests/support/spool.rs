@@ -79,10 +79,16 @@ pub fn config(
 impl Spool {
     /// A spool in `root` (data in `root/data`) with fresh ports; not started.
     pub fn new(root: &Path, storage: &str, dests: &[Dest]) -> Self {
+        Self::with_data(root, &root.join("data"), storage, dests)
+    }
+
+    /// A spool whose config and log are in `root` and whose data directory is
+    /// `data` (on a fault filesystem, say); not started.
+    pub fn with_data(root: &Path, data: &Path, storage: &str, dests: &[Dest]) -> Self {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let data = root.join("data");
+        let data = data.to_path_buf();
         let cfg = root.join("tracespool.toml");
         fs::write(&cfg, config(&data, grpc, http, admin, storage, dests)).unwrap();
         Self {
@@ -156,6 +162,26 @@ impl Spool {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends SIGKILL without waiting for the process to go: one blocked in a frozen
+    /// filesystem dies only once the filesystem answers (see [`Spool::reap`]).
+    pub fn signal_kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+        }
+    }
+
+    /// Waits for a killed process to be gone; its exit status.
+    pub fn reap(&mut self) -> Option<ExitStatus> {
+        self.child.take().and_then(|mut c| c.wait().ok())
+    }
+
+    /// The exit status if the process has exited on its own.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGTERM; returns the exit status and how long the exit took.

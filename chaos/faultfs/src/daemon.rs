@@ -214,12 +214,16 @@ fn unmount(mountpoint: &Path, unmounter: &mut fuser::SessionUnmounter, conn: Opt
     }
     if let Some(n) = conn {
         let ctl = Path::new("/sys/fs/fuse/connections");
-        if !ctl.join(n.to_string()).exists() {
+        let mounted = std::fs::read_dir(ctl).is_ok_and(|mut d| d.next().is_some());
+        if !mounted {
             let _ = std::process::Command::new("mount")
                 .args(["-t", "fusectl", "none"])
                 .arg(ctl)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .status();
         }
+        // Gone already if the detach released the last reference.
         let _ = std::fs::write(ctl.join(n.to_string()).join("abort"), b"1");
     }
 }
