@@ -58,10 +58,6 @@ impl RunError {
     }
 }
 
-fn err(context: &str) -> impl FnOnce(String) -> RunError + '_ {
-    move |e| RunError(format!("{context}: {e}"))
-}
-
 pub async fn run(cfg: Config) -> Result<(), RunError> {
     crate::metrics::mark_start();
     let stop = CancellationToken::new();
@@ -72,7 +68,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     // The ledger first: losses found while the log opens go into it.
     let dir = cfg.storage.dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|e| err("creating the data directory")(e.to_string()))?;
+    // Durably: a power cut must not take back the directory that holds the spool.
+    crate::fsio::ensure_dir(&dir).map_err(|e| {
+        RunError::refusal(format!(
+            "creating the data directory {}: {e}",
+            dir.display()
+        ))
+    })?;
     let ledger_dir = dir.join("ledger");
     let ledger = Arc::new(
         Ledger::open(
@@ -211,6 +213,9 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         let cursor = wal
             .cursor(&d.name, CursorStart::Oldest)
             .map_err(|e| RunError(format!("cursor of destination {}: {e}", d.name)))?;
+        if report.damaged_cursors.contains(&d.name) {
+            restore_cursor(&cursor, &ledger_dir, wal.stats().last_seq);
+        }
         cursors.push(cursor);
     }
 
@@ -446,6 +451,36 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         None => Ok(()),
         Some(f) => Err(RunError(f)),
     }
+}
+
+/// A cursor whose file was lost restarts at the oldest record on disk; what the
+/// ledger says was delivered (or otherwise settled) is acknowledged again, so it is
+/// not all delivered twice.
+fn restore_cursor(cursor: &Cursor, ledger_dir: &std::path::Path, last_seq: u64) {
+    let entries = match ledger::read_all(ledger_dir) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(destination = %cursor.name(), error = %e, "cannot read the ledger to rebuild a lost cursor; everything retained is delivered again");
+            return;
+        }
+    };
+    let from = cursor.position();
+    for (a, b) in ledger::summary::settled_ranges(&entries, cursor.name()) {
+        let (a, b) = (a.max(from + 1), b.min(last_seq));
+        if a <= b {
+            let _ = cursor.ack_range(a, b);
+        }
+    }
+    if let Err(e) = cursor.persist() {
+        tracing::warn!(destination = %cursor.name(), error = %e, "cannot persist the rebuilt cursor yet");
+    }
+    tracing::warn!(
+        destination = %cursor.name(),
+        from,
+        position = cursor.position(),
+        acked_above = cursor.acked_above().len(),
+        "cursor file was damaged: rebuilt from the audit ledger's deliveries"
+    );
 }
 
 async fn bind(addr: &str, what: &str) -> Result<Option<TcpListener>, RunError> {

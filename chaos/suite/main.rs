@@ -13,8 +13,12 @@
 mod support;
 
 mod edge;
+mod flash;
+mod full;
+mod kill;
 mod load;
 mod power;
+mod uplink;
 
 /// Held while a scenario runs: one at a time (a lock on a file, so scenarios in
 /// other processes wait too).

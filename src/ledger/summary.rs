@@ -344,6 +344,54 @@ pub fn summarize(
     s
 }
 
+/// The seq ranges the ledger says `destination` is done with — delivered,
+/// dead-lettered, dropped, damaged, skipped — merged. Used to rebuild a cursor whose
+/// own file was lost.
+pub fn settled_ranges(entries: &[Entry], destination: &str) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = Vec::new();
+    for e in entries {
+        match e {
+            Entry::Delivered {
+                destination: d,
+                first_seq,
+                last_seq,
+                ..
+            } if d == destination => v.push((*first_seq, *last_seq)),
+            Entry::DeadLettered {
+                destination: d,
+                seq,
+                ..
+            } if d == destination => v.push((*seq, *seq)),
+            Entry::Dropped {
+                destination: d,
+                first_seq,
+                last_seq,
+                ..
+            } if d.as_deref().is_none_or(|d| d == destination) => v.push((*first_seq, *last_seq)),
+            Entry::Damaged {
+                first_seq,
+                last_seq,
+                ..
+            }
+            | Entry::SeqsSkipped {
+                first_seq,
+                last_seq,
+                ..
+            } => v.push((*first_seq, *last_seq)),
+            _ => {}
+        }
+    }
+    v.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in v {
+        match merged.last_mut() {
+            Some(m) if a <= m.1.saturating_add(1) => m.1 = m.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
+}
+
 fn add_removed(to: &mut BTreeMap<String, u64>, r: &crate::process::Removed) {
     for (why, n) in [("sampled", r.sampled), ("filtered", r.filtered)] {
         if n > 0 {

@@ -415,7 +415,8 @@ pub(crate) fn recover(
         emit(hook, WalEvent::Skipped(s.clone()));
         report.skipped = Some(s.clone());
     }
-    report.clean_stop = !unclean;
+    // (A new log has nothing to lose.)
+    report.clean_stop = !unclean || fresh;
 
     // A new active segment when seqs were skipped, or the current one is of an
     // older version or has a damaged header, or there is none.

@@ -179,7 +179,7 @@ def main():
                 if shared is None:
                     exp.shutdown()
             if result == SpanExportResult.SUCCESS:
-                print(json.dumps({"batch": n, "key": key, "spans": [describe(s) for s in batch]}), flush=True)
+                print(json.dumps({"batch": n, "key": key, "t": time.time(), "spans": [describe(s) for s in batch]}), flush=True)
                 break
             failures += 1
             if time.time() - start > args.deadline:

@@ -83,6 +83,24 @@ impl Backend {
         Self::start_with(kind, Some(tls)).await
     }
 
+    /// A backend serving on a listener bound elsewhere (in a network namespace).
+    pub fn start_on(kind: Kind, listener: std::net::TcpListener) -> Self {
+        listener.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        *state.mode.lock().unwrap() = Some(Mode::Accept);
+        let mut b = Self {
+            kind,
+            addr,
+            state,
+            server: None,
+            tls: None,
+        };
+        b.serve(listener);
+        b
+    }
+
     async fn start_with(kind: Kind, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -248,6 +266,35 @@ impl Backend {
                     .sum::<usize>()
             })
             .sum()
+    }
+
+    /// Requests per idempotency key, and whether every key always came with the
+    /// same spans: a key naming two different batches is the one thing a dedup tier
+    /// cannot survive. Returns (keys, redelivered requests, keys naming two batches).
+    pub fn key_report(&self) -> (usize, usize, Vec<String>) {
+        let mut by_key: BTreeMap<String, (Vec<String>, usize)> = BTreeMap::new();
+        let mut conflicts = Vec::new();
+        for r in self.received() {
+            let Some(key) = r.key.clone() else { continue };
+            let mut ids: Vec<String> = r
+                .request
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .flat_map(|ss| &ss.spans)
+                .map(|s| hex(&s.span_id))
+                .collect();
+            ids.sort();
+            let e = by_key
+                .entry(key.clone())
+                .or_insert_with(|| (ids.clone(), 0));
+            if e.0 != ids && !conflicts.contains(&key) {
+                conflicts.push(key);
+            }
+            e.1 += 1;
+        }
+        let redelivered = by_key.values().map(|(_, n)| n - 1).sum();
+        (by_key.len(), redelivered, conflicts)
     }
 
     /// How many times each span id arrived.

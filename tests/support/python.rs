@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 pub struct Acked {
     pub batch: u64,
     pub key: Option<String>,
+    /// When the client had the answer (Unix seconds).
+    pub t: f64,
     pub spans: Vec<serde_json::Value>,
 }
 
@@ -168,6 +170,7 @@ impl PyClient {
                 acked.push(Acked {
                     batch: v["batch"].as_u64().unwrap(),
                     key: v["key"].as_str().map(str::to_string),
+                    t: v["t"].as_f64().unwrap_or(0.0),
                     spans: v["spans"].as_array().unwrap().clone(),
                 });
             }
