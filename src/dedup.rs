@@ -293,3 +293,39 @@ pub async fn maintain(dedup: Arc<Dedup>, stop: tokio_util::sync::CancellationTok
     }
     let _ = tokio::task::spawn_blocking(move || dedup.checkpoint()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn one_key_is_stored_once_however_its_requests_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(tracespool_storage::WalConfig::new(dir.path())).unwrap();
+        let d = Dedup::open(&wal, Duration::from_secs(600), 1 << 20).unwrap();
+        for round in 0..300u64 {
+            let key = Bytes::from(format!("batch-{round}"));
+            let stored = AtomicUsize::new(0);
+            let barrier = std::sync::Barrier::new(4);
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        barrier.wait();
+                        if let Begin::New(guard) = d.begin(&key) {
+                            stored.fetch_add(1, Ordering::SeqCst);
+                            d.record(&key, round + 1, SystemTime::now());
+                            drop(guard);
+                        }
+                    });
+                }
+            });
+            assert_eq!(
+                stored.load(Ordering::SeqCst),
+                1,
+                "round {round}: stored twice"
+            );
+            assert!(matches!(d.begin(&key), Begin::Duplicate(s) if s == round + 1));
+        }
+    }
+}

@@ -235,3 +235,46 @@ async fn without_a_destination_it_spools_and_says_nothing_is_forwarded() {
         .sum();
     assert!(segments > 64, "the batch was spooled");
 }
+
+#[test]
+fn a_log_written_by_a_newer_format_refuses_the_start_with_exit_2_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let wal = data.join("wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    // A segment header of format version 9 (magic, version, length, first seq, ...).
+    let mut h = [0u8; 64];
+    h[0..8].copy_from_slice(b"TSPOOLWL");
+    h[8..12].copy_from_slice(&9u32.to_le_bytes());
+    h[12..16].copy_from_slice(&64u32.to_le_bytes());
+    h[16..24].copy_from_slice(&1u64.to_le_bytes());
+    let crc = crc32fast::hash(&h[..60]);
+    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    let seg = wal.join("00000000000000000001.seg");
+    std::fs::write(&seg, h).unwrap();
+    let port = |p| format!("127.0.0.1:{p}");
+    let out = tracespool()
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("run")
+        .env(
+            "TRACESPOOL__RECEIVERS__OTLP__GRPC",
+            port(support::free_port()),
+        )
+        .env(
+            "TRACESPOOL__RECEIVERS__OTLP__HTTP",
+            port(support::free_port()),
+        )
+        .env("TRACESPOOL__ADMIN__LISTEN", port(support::free_port()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("00000000000000000001.seg") && err.contains("version 9"),
+        "{err}"
+    );
+    // Nothing was touched.
+    assert_eq!(std::fs::read(&seg).unwrap(), h);
+}

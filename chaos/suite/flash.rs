@@ -71,10 +71,9 @@ async fn spool_undelivered(dir: &Path, edge: &mut Edge, secs: u64) -> Vec<PyResu
     results
 }
 
-/// A 512-byte bad sector in the middle of `record`: the 4 KiB page(s) around it
-/// cannot be read, and every record touching them is lost.
-fn bad_sector_at(rel: &str, recs: &[OnDisk], victim: usize) -> (BadRange, BTreeSet<String>) {
-    let at = recs[victim].offset + recs[victim].len / 2;
+/// A 512-byte bad sector at byte `at`: the 4 KiB page(s) around it cannot be
+/// read, and every record touching them is lost.
+fn bad_sector_at(rel: &str, recs: &[OnDisk], at: u64) -> (BadRange, BTreeSet<String>) {
     let range = BadRange {
         path: rel.to_string(),
         offset: at,
@@ -89,7 +88,8 @@ fn bad_sector_at(rel: &str, recs: &[OnDisk], victim: usize) -> (BadRange, BTreeS
     (range, lost)
 }
 
-async fn bad_sector_scenario(name: &str, pick: fn(&[PathBuf]) -> usize) {
+/// `pick` chooses the segment, `at` the byte of it that goes bad.
+async fn bad_sector_scenario(name: &str, pick: fn(&[PathBuf]) -> usize, at: fn(&[OnDisk]) -> u64) {
     let Some(_serial) = crate::can_run(name) else {
         return;
     };
@@ -106,7 +106,7 @@ async fn bad_sector_scenario(name: &str, pick: fn(&[PathBuf]) -> usize) {
     let recs = records_in(seg);
     assert!(recs.len() >= 3);
     let rel = format!("data/wal/{}", seg.file_name().unwrap().to_string_lossy());
-    let (bad, lost) = bad_sector_at(&rel, &recs, recs.len() / 2);
+    let (bad, lost) = bad_sector_at(&rel, &recs, at(&recs));
     edge.opts.bad = vec![bad];
     // Power on with the bad sector; the uplink is back.
     g.set_mode(Mode::Accept);
@@ -157,6 +157,22 @@ async fn a_bad_sector_in_a_sealed_segment_loses_exactly_its_records_and_says_so(
     bad_sector_scenario(
         "a_bad_sector_in_a_sealed_segment_loses_exactly_its_records_and_says_so",
         |segs| segs.len() / 2,
+        middle_of_a_record,
+    )
+    .await;
+}
+
+fn middle_of_a_record(recs: &[OnDisk]) -> u64 {
+    let r = &recs[recs.len() / 2];
+    r.offset + r.len / 2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_sector_in_a_segment_header_loses_only_the_records_under_it() {
+    bad_sector_scenario(
+        "a_bad_sector_in_a_segment_header_loses_only_the_records_under_it",
+        |segs| segs.len() / 2,
+        |_| 0,
     )
     .await;
 }
@@ -166,6 +182,7 @@ async fn a_bad_sector_in_the_active_segment_loses_exactly_its_records_and_says_s
     bad_sector_scenario(
         "a_bad_sector_in_the_active_segment_loses_exactly_its_records_and_says_so",
         |segs| segs.len() - 1,
+        middle_of_a_record,
     )
     .await;
 }

@@ -767,4 +767,46 @@ mod tests {
         // 10: everything before this run (recovered at start); then 12 once 11 came.
         assert_eq!(cps, vec![10, 12]);
     }
+
+    #[test]
+    fn a_torn_last_line_is_cut_kept_and_reported_not_a_reason_to_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path(), 1 << 20, 1 << 30, 0).unwrap();
+        l.write(&Entry::Stopped { t: 1 }).unwrap();
+        l.write(&Entry::Stopped { t: 2 }).unwrap();
+        drop(l);
+        // A power loss cut the next line in the middle of a UTF-8 character.
+        let path = dir.path().join(file_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let good = bytes.len();
+        bytes.extend_from_slice("{\"event\":\"rejected\",\"detail\":\"caf\u{e9}".as_bytes());
+        bytes.pop();
+        std::fs::write(&path, &bytes).unwrap();
+        let l = Ledger::open(dir.path(), 1 << 20, 1 << 30, 0).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, good);
+        let repairs = l.take_repairs();
+        assert_eq!(repairs.len(), 1, "{repairs:?}");
+        assert!(dir.path().join(format!("{}.torn", file_name(1))).exists());
+        // Writing goes on from a whole line; nothing glued.
+        l.write(&Entry::Stopped { t: 3 }).unwrap();
+        let all = read_all(dir.path()).unwrap();
+        assert_eq!(
+            all,
+            vec![
+                Entry::Stopped { t: 1 },
+                Entry::Stopped { t: 2 },
+                Entry::Stopped { t: 3 }
+            ]
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_do_not_stop_the_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(1));
+        let mut b = b"{\"event\":\"stopped\",\"t\":1}\n\xff\xfe garbage\n".to_vec();
+        b.extend_from_slice(b"{\"event\":\"stopped\",\"t\":2}\n");
+        std::fs::write(&path, b).unwrap();
+        assert_eq!(read_all(dir.path()).unwrap().len(), 2);
+    }
 }

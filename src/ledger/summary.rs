@@ -608,4 +608,115 @@ mod tests {
         assert_eq!(s.destinations[0].pending_behind_cursor, 3);
         assert!(!s.balanced);
     }
+
+    #[test]
+    fn a_removed_destination_balances_with_its_pending_batches_dropped() {
+        let mut e: Vec<Entry> = ["a", "b"]
+            .iter()
+            .map(|d| Entry::DestinationAdded {
+                t: 0,
+                destination: d.to_string(),
+                from_seq: 1,
+            })
+            .collect();
+        e.extend((1..=6).map(|s| acc(s, 100 + s, 3)));
+        e.push(Entry::Delivered {
+            t: 1,
+            destination: "b".into(),
+            first_seq: 1,
+            last_seq: 2,
+            spans: 6,
+            attempts: 1,
+            by: None,
+        });
+        // b is removed from the config with 3..=4 still pending; 5 and 6 arrive
+        // afterwards and were never meant for it.
+        e.insert(
+            6,
+            Entry::DestinationRemoved {
+                t: 104,
+                destination: "b".into(),
+                at_seq: Some(4),
+            },
+        );
+        let view = LogView {
+            first_retained_seq: 1,
+            cursors: [("a".to_string(), 0)].into(),
+        };
+        let s = summarize(&e, None, None, None, Some(&view));
+        let b = s
+            .destinations
+            .iter()
+            .find(|d| d.destination == "b")
+            .unwrap();
+        assert_eq!(b.accepted.records, 4);
+        assert_eq!(b.delivered.records, 2);
+        assert_eq!(
+            b.dropped.get("destination_removed"),
+            Some(&Count {
+                records: 2,
+                spans: 6
+            })
+        );
+        assert!(s.balanced, "{s:#?}");
+    }
+
+    #[test]
+    fn skipped_seqs_and_torn_tails_explain_missing_batches_and_unclean_stops_are_windows() {
+        let mut e: Vec<Entry> = (1..=5).map(|s| acc(s, 1000 + s, 1)).collect();
+        e.push(Entry::DestinationAdded {
+            t: 0,
+            destination: "a".into(),
+            from_seq: 1,
+        });
+        e.push(Entry::Delivered {
+            t: 1,
+            destination: "a".into(),
+            first_seq: 1,
+            last_seq: 2,
+            spans: 2,
+            attempts: 1,
+            by: None,
+        });
+        e.push(Entry::Quarantined {
+            t: 2000,
+            segment: 1,
+            first_seq: Some(3),
+            last_seq: Some(3),
+            bytes: 10,
+            file: "q".into(),
+            reason: "torn".into(),
+        });
+        e.push(Entry::SeqsSkipped {
+            t: 2000,
+            first_seq: 3,
+            last_seq: 5000,
+            may_hold_acknowledged: true,
+            reason: "unclean stop".into(),
+        });
+        e.push(Entry::UncleanStop {
+            t: 2000,
+            fsync: "never".into(),
+            last_entry_ms: Some(1500),
+            window_ms: Some(1000),
+        });
+        let view = LogView {
+            first_retained_seq: 5001,
+            cursors: [("a".to_string(), 5000)].into(),
+        };
+        let s = summarize(&e, None, None, None, Some(&view));
+        let a = &s.destinations[0];
+        assert_eq!(a.dropped.get("torn_tail").map(|c| c.records), Some(1));
+        assert_eq!(a.dropped.get("unclean_stop").map(|c| c.records), Some(2));
+        assert!(s.balanced, "{s:#?}");
+        assert_eq!(
+            s.unverifiable,
+            vec![Unverifiable {
+                since_ms: 500,
+                until_ms: 2000,
+                reason: s.unverifiable[0].reason.clone(),
+            }]
+        );
+        assert!(s.unverifiable[0].reason.contains("never"));
+    }
 }

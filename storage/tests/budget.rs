@@ -520,3 +520,37 @@ async fn a_record_delivered_after_its_eviction_says_so_when_acknowledged() {
     // A record acked normally, never evicted, is not flagged.
     assert!(!c.ack(e.last_seq + 1).unwrap().after_eviction);
 }
+
+#[tokio::test]
+async fn an_eviction_the_audit_trail_cannot_record_is_not_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let r = refuse.clone();
+    let hook: tracespool_storage::EventHook = std::sync::Arc::new(move |e| match e {
+        tracespool_storage::WalEvent::Evicted(_) if r.load(std::sync::atomic::Ordering::SeqCst) => {
+            Err("ledger: no space".into())
+        }
+        _ => Ok(()),
+    });
+    let mut cfg = small_config(dir.path());
+    cfg.max_bytes = 40_000;
+    cfg.when_full = WhenFull::DropOldest;
+    let (wal, _) = Wal::open_with_hook(cfg, Some(hook)).unwrap();
+    let mut id = 0;
+    let err = loop {
+        match wal.append(record(id, 1000, 1)).await {
+            Ok(_) => id += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(err, AppendError::Full(FullReason::NotRecorded { .. })),
+        "{err:?}"
+    );
+    let files = segment_files(dir.path()).len();
+    // Nothing was deleted; once the trail takes the entry, room is made.
+    assert!(check_log_ids(&wal, id).is_empty());
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    wal.append(record(id, 1000, 1)).await.unwrap();
+    assert!(segment_files(dir.path()).len() <= files);
+}

@@ -119,7 +119,7 @@ impl Spool {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracespool"));
+        let mut cmd = Command::new(binary());
         cmd.arg("--config")
             .arg(&self.config)
             .arg("--log-format")
@@ -255,7 +255,7 @@ impl Spool {
         let config = self.config.clone();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         tokio::task::spawn_blocking(move || {
-            let out = Command::new(env!("CARGO_BIN_EXE_tracespool"))
+            let out = Command::new(binary())
                 .arg("--config")
                 .arg(&config)
                 .args(&args)
@@ -305,6 +305,12 @@ impl Drop for Spool {
             );
         }
     }
+}
+
+/// The binary under test: this build's, or `TRACESPOOL_BIN` (to run the same
+/// scenarios against another build).
+pub fn binary() -> String {
+    std::env::var("TRACESPOOL_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tracespool").into())
 }
 
 fn tail(s: &str, n: usize) -> String {
