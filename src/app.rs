@@ -77,11 +77,12 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     })?;
     let ledger_dir = dir.join("ledger");
     let ledger = Arc::new(
-        Ledger::open(
+        Ledger::open_with_reserve(
             &ledger_dir,
             cfg.audit.file_bytes.0,
             cfg.audit_max_bytes(),
             0,
+            cfg.audit.reserve_bytes.0,
         )
         .map_err(|e| {
             RunError::refusal(format!(
@@ -138,6 +139,15 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             last_entry_ms,
             window_ms,
         });
+    }
+    // On a full disk the ledger's reserve is released, and appends must leave its
+    // room to the ledger until it is back.
+    {
+        let (wal, bytes) = (wal.clone(), ledger.reserve().bytes());
+        ledger.reserve().ensure();
+        ledger.reserve().on_pressure(Box::new(move |p| {
+            wal.set_headroom(if p { bytes } else { 0 })
+        }));
     }
     let events = wal.take_events().expect("events taken once");
     let instance_id = crate::instance::load_or_create(&dir, &wal.id())

@@ -42,3 +42,13 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+/// Syncs the directory holding `path` (a create, rename or unlink in it is then
+/// durable).
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::File::open(dir)?.sync_all()
+}

@@ -17,7 +17,12 @@ const ENOSPC: i32 = 28;
 /// files of 256 KiB (preallocated), a budget larger than the disk so the disk
 /// fills first.
 const STORAGE: &str = "segment_bytes = \"64KiB\"\nmax_bytes = \"64MiB\"";
-const AUDIT: &str = "[audit]\nfile_bytes = \"256KiB\"\nmax_bytes = \"2MiB\"";
+const AUDIT: &str =
+    "[audit]\nfile_bytes = \"256KiB\"\nmax_bytes = \"2MiB\"\nreserve_bytes = \"256KiB\"";
+/// Ledger files so small that their preallocation is soon used up: then only the
+/// reserve lets deliveries be recorded on a full disk.
+const SMALL_LEDGER: &str =
+    "[audit]\nfile_bytes = \"16KiB\"\nmax_bytes = \"2MiB\"\nreserve_bytes = \"256KiB\"";
 
 async fn wait_full(edge: &Edge, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -103,10 +108,10 @@ async fn a_full_disk_and_a_restart_still_start_serve_backpressure_and_drain() {
             ..Default::default()
         },
     );
-    edge.spool.append_config(AUDIT);
+    edge.spool.append_config(SMALL_LEDGER);
     edge.power_on();
     let load = Load::start(dir.path(), &edge.spool, 1, 1, 40, 0.0);
-    let cycles = crate::knob("full_restarts", 2, 20);
+    let cycles = crate::knob("full_restarts", 3, 20);
     for i in 0..cycles {
         wait_full(&edge, name).await;
         // Down while the disk is full: a power cut, or a kill.
@@ -122,6 +127,14 @@ async fn a_full_disk_and_a_restart_still_start_serve_backpressure_and_drain() {
     h.set_mode(Mode::Accept);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let results = load.finish();
+    // The deliveries that drained the full disk could only be recorded thanks to
+    // the ledger's reserve (without it: a deadlock, found by the soak).
+    assert!(
+        edge.spool
+            .log_text()
+            .contains("released the audit ledger's reserve"),
+        "{name}: the disk never got full enough to need the reserve"
+    );
     load::check(
         &edge.spool,
         &[(&g, "grpc-sink"), (&h, "http-sink")],

@@ -74,7 +74,9 @@ impl Load {
         self.clients
             .into_iter()
             .map(|(name, c)| {
-                let r = c.wait();
+                // A client that cannot finish its batch means the forwarder never took
+                // it again: fail with what it saw rather than hang.
+                let r = c.wait_for(Duration::from_secs(300));
                 assert!(
                     r.success,
                     "client {name} failed: {:?}\n{}",

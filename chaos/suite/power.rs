@@ -51,7 +51,8 @@ async fn power_cuts_at_random_moments_under_load() {
         },
     );
     edge.power_on();
-    let load = Load::start(dir.path(), &edge.spool, 1, 1, 20, 0.01);
+    // Several clients of each protocol.
+    let load = Load::start(dir.path(), &edge.spool, 2, 2, 20, 0.02);
     let cycles = crate::knob("power_cuts", 6, 100);
     for i in 0..cycles {
         tokio::time::sleep(Duration::from_millis(300 + rnd(1700))).await;

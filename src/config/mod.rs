@@ -64,6 +64,9 @@ pub struct AuditConfig {
     pub max_bytes: ByteSize,
     /// A ledger file is closed and a new one started at this size.
     pub file_bytes: ByteSize,
+    /// Disk space held back (`<dir>/ledger/reserve`) and released when the disk is
+    /// full, so deliveries can still be recorded and the spool drain; 0 disables.
+    pub reserve_bytes: ByteSize,
 }
 
 impl Default for AuditConfig {
@@ -71,6 +74,7 @@ impl Default for AuditConfig {
         Self {
             max_bytes: ByteSize(0),
             file_bytes: ByteSize(16 << 20),
+            reserve_bytes: ByteSize(8 << 20),
         }
     }
 }

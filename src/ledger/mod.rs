@@ -29,6 +29,7 @@
 //! to start. Entries the disk refuses are returned as errors: callers whose state
 //! change depends on one wait and try again rather than outrun it.
 
+pub mod reserve;
 pub mod summary;
 
 use std::collections::BTreeSet;
@@ -278,6 +279,8 @@ pub struct Ledger {
     checkpointed: AtomicU64,
     /// Repairs made at open (a torn last line), for the caller to record.
     repairs: Mutex<Vec<Entry>>,
+    /// Disk space held back for the ledger (see `reserve.rs`).
+    reserve: reserve::Reserve,
 }
 
 fn file_name(index: u64) -> String {
@@ -394,8 +397,26 @@ fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+fn out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 impl Ledger {
     pub fn open(dir: &Path, file_bytes: u64, max_bytes: u64, last_seq: u64) -> io::Result<Self> {
+        Self::open_with_reserve(dir, file_bytes, max_bytes, last_seq, 0)
+    }
+
+    /// [`Ledger::open`] holding `reserve_bytes` of disk back for a full disk.
+    pub fn open_with_reserve(
+        dir: &Path,
+        file_bytes: u64,
+        max_bytes: u64,
+        last_seq: u64,
+        reserve_bytes: u64,
+    ) -> io::Result<Self> {
         match fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {
                 if let Some(parent) = dir.parent() {
@@ -453,7 +474,13 @@ impl Ledger {
             tracker: Mutex::new((last_seq, BTreeSet::new())),
             checkpointed: AtomicU64::new(0),
             repairs: Mutex::new(repairs),
+            reserve: reserve::Reserve::new(dir, reserve_bytes),
         })
+    }
+
+    /// The disk space held back for the ledger.
+    pub fn reserve(&self) -> &reserve::Reserve {
+        &self.reserve
     }
 
     pub fn dir(&self) -> &Path {
@@ -479,6 +506,14 @@ impl Ledger {
     /// the entry is not in the ledger; a caller whose state change it records must
     /// not go on as if it were.
     pub fn write(&self, entry: &Entry) -> io::Result<()> {
+        match self.write_once(entry) {
+            // A full disk: the reserve is for exactly this.
+            Err(e) if out_of_space(&e) && self.reserve.release() => self.write_once(entry),
+            r => r,
+        }
+    }
+
+    fn write_once(&self, entry: &Entry) -> io::Result<()> {
         let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
         line.push(b'\n');
         let mut cur = self.current.lock().unwrap();
@@ -614,6 +649,8 @@ impl Ledger {
         if let Err(e) = self.sync() {
             tracing::error!(error = %e, "cannot sync the audit ledger");
         }
+        // Take the reserve back once deliveries have made room.
+        self.reserve.ensure();
     }
 
     /// At start: writes an accepted entry, recovered from the log, for every record

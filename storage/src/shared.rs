@@ -44,6 +44,10 @@ pub(crate) struct Shared {
     /// Every cursor known to the log (loaded from sled at open). Positions decide
     /// which segments may be deleted, so a cursor is never forgotten implicitly.
     pub cursors: RwLock<BTreeMap<String, Arc<CursorState>>>,
+    /// Free space appends must leave on the filesystem on top of `min_free_bytes`,
+    /// set by the application while it needs room of its own (see
+    /// [`Wal::set_headroom`](crate::Wal::set_headroom)).
+    pub headroom: AtomicU64,
     /// All seqs below this were evicted by `drop_oldest`. Readers that still map an
     /// evicted segment check it so they do not deliver what was reported dropped.
     pub evicted_below: AtomicU64,

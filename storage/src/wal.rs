@@ -180,6 +180,7 @@ impl Wal {
             watermark: wm_rx,
             cursors: RwLock::new(restored),
             evicted_below: AtomicU64::new(0),
+            headroom: AtomicU64::new(0),
             known_damage: Mutex::new(known_damage),
             events: Mutex::new(None),
             hook,
@@ -271,6 +272,20 @@ impl Wal {
             }),
         };
         Ok((wal, report))
+    }
+
+    /// Makes appends leave `bytes` more free on the filesystem (on top of
+    /// `min_free_bytes`) until set back to 0: the caller's own files need room (its
+    /// audit trail on a full disk). Appends that would not leave it are refused with
+    /// `Full`, as with `min_free_bytes`.
+    pub fn set_headroom(&self, bytes: u64) {
+        let old = self.inner.shared.headroom.swap(bytes, Ordering::AcqRel);
+        if old != bytes {
+            tracing::info!(
+                headroom_bytes = bytes,
+                "filesystem headroom for appends changed"
+            );
+        }
     }
 
     /// The log's random identity.

@@ -433,7 +433,8 @@ impl Writer {
                 max_bytes: cfg.max_bytes,
             });
         }
-        if cfg.min_free_bytes > 0 {
+        let min_free = cfg.min_free_bytes + self.shared.headroom.load(Ordering::Acquire);
+        if min_free > 0 {
             let available = match self.available {
                 Some(a) => a,
                 None => {
@@ -446,11 +447,11 @@ impl Writer {
                 }
             }
             .saturating_sub(self.chunk_bytes as u64);
-            if available < need.saturating_add(cfg.min_free_bytes) {
+            if available < need.saturating_add(min_free) {
                 return Err(FullReason::MinFree {
                     available,
                     needed: need,
-                    min_free_bytes: cfg.min_free_bytes,
+                    min_free_bytes: min_free,
                 });
             }
         }

@@ -154,8 +154,27 @@ impl PyClient {
         std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 
-    pub fn wait(mut self) -> PyResult {
-        let status = self.child.wait().unwrap();
+    pub fn wait(self) -> PyResult {
+        self.wait_for(std::time::Duration::from_secs(24 * 3600))
+    }
+
+    /// [`PyClient::wait`], killing the client (and failing) if it takes longer.
+    pub fn wait_for(mut self, limit: std::time::Duration) -> PyResult {
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "the Python client did not finish within {limit:?}:\n{}",
+                    std::fs::read_to_string(&self.err).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         let stderr = std::fs::read_to_string(&self.err).unwrap_or_default();
         if status.code() == Some(3) {
             panic!("{stderr}");

@@ -269,3 +269,33 @@ fn the_limit_shows_in_statfs_and_gives_enospc() {
     assert!(back.iter().all(|&b| b == 1));
     m.unmount().unwrap();
 }
+
+#[test]
+fn a_delay_rule_makes_every_matching_operation_slow() {
+    let Some(s) = setup("a_delay_rule_makes_every_matching_operation_slow") else {
+        return;
+    };
+    fs::write(s.backing.join("seg"), b"x").unwrap();
+    let mut m = mount(&s, &MountOptions::default());
+    m.arm(Rule::new(&[Op::Fsync], Some("seg"), Action::DelayMs { ms: 300 }).times(0))
+        .unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(s.mnt.join("seg"))
+        .unwrap();
+    for _ in 0..2 {
+        let t = std::time::Instant::now();
+        f.sync_data().unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    // Other operations are not slowed.
+    let t = std::time::Instant::now();
+    fs::read(s.mnt.join("seg")).unwrap();
+    assert!(t.elapsed() < Duration::from_millis(300));
+    drop(f);
+    m.unmount().unwrap();
+}
