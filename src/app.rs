@@ -447,6 +447,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         tracing::error!(error = %e, "flushing cursor positions at shutdown");
     }
     let _ = crate::state::write(&dir, &state_now(&instance_id, &wal, &statuses, false));
+    ledger.flush_tally();
     let _ = ledger.write(&Entry::Stopped { t: now_ms() });
     ledger.checkpoint();
     *metrics.live.lock().unwrap() = None;

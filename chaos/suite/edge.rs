@@ -130,6 +130,18 @@ impl Edge {
         self.starts += 1;
     }
 
+    /// `kill -9` of the forwarder, `rule` armed, and a restart that is not waited
+    /// for: the rule may cut the power while the forwarder opens its log.
+    pub fn kill9_and_restart_armed(&mut self, rule: Rule) {
+        self.spool.kill();
+        self.arm(rule);
+        self.run_log_offset = std::fs::metadata(&self.spool.log)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        self.spool.spawn();
+        self.starts += 1;
+    }
+
     /// SIGTERM (must exit 0), then unmount keeping everything.
     pub fn shutdown(&mut self) {
         let (status, took) = self.spool.terminate();

@@ -64,8 +64,9 @@ pub struct AuditConfig {
     pub max_bytes: ByteSize,
     /// A ledger file is closed and a new one started at this size.
     pub file_bytes: ByteSize,
-    /// Disk space held back (`<dir>/ledger/reserve`) and released when the disk is
-    /// full, so deliveries can still be recorded and the spool drain; 0 disables.
+    /// Disk space allocated ahead (`<dir>/ledger/reserve`) that becomes the next
+    /// ledger file when the disk is full, so deliveries can still be recorded and
+    /// the spool drain; 0 disables.
     pub reserve_bytes: ByteSize,
 }
 

@@ -32,7 +32,7 @@
 pub mod reserve;
 pub mod summary;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -232,6 +232,17 @@ pub enum Entry {
         spans: u64,
         failed: u64,
     },
+    /// Refused and deduplicated requests from `since` to `t` that were counted,
+    /// not written one by one, because the disk was full (their lines would have
+    /// taken the room that deliveries need to be recorded; nothing stored depends on
+    /// them). `rejected` by reason, as in `rejected` entries.
+    Tallied {
+        t: u64,
+        since: u64,
+        rejected: BTreeMap<String, Tally>,
+        #[serde(default, skip_serializing_if = "Tally::is_empty")]
+        deduplicated: Tally,
+    },
     Started {
         t: u64,
         instance_id: String,
@@ -241,6 +252,32 @@ pub enum Entry {
     Stopped {
         t: u64,
     },
+}
+
+/// Requests and their spans, counted (see [`Entry::Tallied`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub requests: u64,
+    pub spans: u64,
+}
+
+impl Tally {
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0
+    }
+
+    fn add(&mut self, spans: u64) {
+        self.requests += 1;
+        self.spans += spans;
+    }
+}
+
+/// What [`Ledger::write_or_tally`] has counted and not yet written.
+#[derive(Default)]
+struct Tallies {
+    since: u64,
+    rejected: BTreeMap<String, Tally>,
+    deduplicated: Tally,
 }
 
 pub fn now_ms() -> u64 {
@@ -281,6 +318,8 @@ pub struct Ledger {
     repairs: Mutex<Vec<Entry>>,
     /// Disk space held back for the ledger (see `reserve.rs`).
     reserve: reserve::Reserve,
+    /// Refusals and duplicates counted while the disk was full.
+    tallies: Mutex<Option<Tallies>>,
 }
 
 fn file_name(index: u64) -> String {
@@ -475,6 +514,7 @@ impl Ledger {
             checkpointed: AtomicU64::new(0),
             repairs: Mutex::new(repairs),
             reserve: reserve::Reserve::new(dir, reserve_bytes),
+            tallies: Mutex::new(None),
         })
     }
 
@@ -508,8 +548,103 @@ impl Ledger {
     pub fn write(&self, entry: &Entry) -> io::Result<()> {
         match self.write_once(entry) {
             // A full disk: the reserve is for exactly this.
-            Err(e) if out_of_space(&e) && self.reserve.release() => self.write_once(entry),
+            Err(e) if out_of_space(&e) && self.go_on_in_reserve() => self.write_once(entry),
             r => r,
+        }
+    }
+
+    /// Makes the reserve the current ledger file (the disk is full). Returns
+    /// whether it did.
+    fn go_on_in_reserve(&self) -> bool {
+        if !self.reserve.is_held() {
+            return false;
+        }
+        let mut cur = self.current.lock().unwrap();
+        // Entries before the switch are durable first, as at a rotation.
+        if let Err(e) = cur.file.sync_all() {
+            tracing::error!(error = %e, dir = %self.dir.display(), "cannot sync the audit ledger");
+            return false;
+        }
+        let mut index = cur.index + 1;
+        while self.dir.join(file_name(index)).exists() {
+            index += 1;
+        }
+        let to = self.dir.join(file_name(index));
+        let file = match self.reserve.take_as(&to).and_then(|taken| {
+            if taken {
+                open_append(&to).map(Some)
+            } else {
+                Ok(None)
+            }
+        }) {
+            Ok(Some(f)) => f,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(error = %e, file = %to.display(), "cannot go on in the audit ledger's reserve");
+                return false;
+            }
+        };
+        let written = cur.written;
+        *cur = Current {
+            file,
+            index,
+            len: 0,
+            needs_newline: false,
+            written,
+        };
+        true
+    }
+
+    /// Writes a `rejected` or `deduplicated` entry — one that no state change
+    /// depends on — unless the disk is full: then (the reserve released, or a write
+    /// finding no space) the request is only counted, and the counts are written
+    /// as one `tallied` entry once there is room again. A client retrying against
+    /// a full spool must not fill the ledger's reserve with refusals, or the
+    /// deliveries that would free space could not be recorded.
+    pub fn write_or_tally(&self, entry: &Entry) {
+        if !self.reserve.is_spent() {
+            match self.write_once(entry) {
+                Err(e) if out_of_space(&e) => {}
+                _ => return,
+            }
+        }
+        let mut tallies = self.tallies.lock().unwrap();
+        let t = tallies.get_or_insert_with(|| Tallies {
+            since: now_ms(),
+            ..Tallies::default()
+        });
+        match entry {
+            Entry::Rejected { reason, spans, .. } => t
+                .rejected
+                .entry(reason.clone())
+                .or_default()
+                .add(*spans as u64),
+            Entry::Deduplicated { spans, .. } => t.deduplicated.add(*spans as u64),
+            other => {
+                drop(tallies);
+                tracing::error!(entry = ?other, "only refusals and duplicates are tallied; writing it");
+                let _ = self.write(other);
+            }
+        }
+    }
+
+    /// Writes what [`Ledger::write_or_tally`] counted, if the disk has room again.
+    pub fn flush_tally(&self) {
+        if self.reserve.is_spent() {
+            return;
+        }
+        let mut tallies = self.tallies.lock().unwrap();
+        let Some(t) = tallies.as_ref() else {
+            return;
+        };
+        let entry = Entry::Tallied {
+            t: now_ms(),
+            since: t.since,
+            rejected: t.rejected.clone(),
+            deduplicated: t.deduplicated,
+        };
+        if self.write_once(&entry).is_ok() {
+            *tallies = None;
         }
     }
 
@@ -651,6 +786,7 @@ impl Ledger {
         }
         // Take the reserve back once deliveries have made room.
         self.reserve.ensure();
+        self.flush_tally();
     }
 
     /// At start: writes an accepted entry, recovered from the log, for every record
@@ -845,5 +981,80 @@ mod tests {
         b.extend_from_slice(b"{\"event\":\"stopped\",\"t\":2}\n");
         std::fs::write(&path, b).unwrap();
         assert_eq!(read_all(dir.path()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn refusals_on_a_full_disk_are_tallied_and_written_once_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open_with_reserve(dir.path(), 1 << 20, 1 << 30, 0, 4096).unwrap();
+        assert!(l.reserve().ensure());
+        let rejected = |spans| Entry::Rejected {
+            t: now_ms(),
+            reason: "full".into(),
+            spans,
+            bytes: 100,
+            client: None,
+            protocol: "grpc".into(),
+            detail: "spool full".into(),
+            tenant: None,
+        };
+        let dup = Entry::Deduplicated {
+            t: now_ms(),
+            seq: 1,
+            key: "k".into(),
+            spans: 7,
+            client: None,
+            protocol: "http".into(),
+            tenant: None,
+        };
+        // Room: written as they come.
+        l.write_or_tally(&rejected(1));
+        assert_eq!(read_all(dir.path()).unwrap().len(), 1);
+        // The disk is full (the reserve was spent): counted only.
+        assert!(l.reserve().take_as(&dir.path().join("spent")).unwrap());
+        l.write_or_tally(&rejected(2));
+        l.write_or_tally(&rejected(3));
+        l.write_or_tally(&dup);
+        l.flush_tally();
+        assert_eq!(read_all(dir.path()).unwrap().len(), 1, "nothing while full");
+        // Room again: the checkpoint takes the reserve back and writes the tally.
+        l.checkpoint();
+        assert!(l.reserve().is_held());
+        let all = read_all(dir.path()).unwrap();
+        assert_eq!(all.len(), 2, "{all:?}");
+        let Entry::Tallied {
+            rejected: r,
+            deduplicated: d,
+            since,
+            t,
+        } = &all[1]
+        else {
+            panic!("{:?}", all[1]);
+        };
+        assert!(since <= t);
+        assert_eq!(
+            r["full"],
+            Tally {
+                requests: 2,
+                spans: 5
+            }
+        );
+        assert_eq!(
+            *d,
+            Tally {
+                requests: 1,
+                spans: 7
+            }
+        );
+        // Once.
+        l.checkpoint();
+        assert_eq!(read_all(dir.path()).unwrap().len(), 2);
+        // The summary counts them as if itemized.
+        let s = summary::summarize(&all, None, None, None, None);
+        assert_eq!(
+            (s.rejected["full"].records, s.rejected["full"].spans),
+            (3, 6)
+        );
+        assert_eq!((s.deduplicated.records, s.deduplicated.spans), (1, 7));
     }
 }

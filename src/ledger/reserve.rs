@@ -1,23 +1,26 @@
-//! A reserve of disk space for the audit ledger: `<ledger dir>/reserve`, a file of
-//! `audit.reserve_bytes` allocated while space is plentiful and released the moment
-//! a ledger write finds the disk full.
+//! A reserve of disk space for the audit ledger: `<ledger dir>/reserve`, an empty
+//! file with `audit.reserve_bytes` allocated to it (`fallocate` keeping its size 0),
+//! taken while space is plentiful and turned into the next ledger file the moment a
+//! ledger write finds the disk full.
 //!
 //! Why: deliveries free space (their segments are deleted), but only once their
 //! ledger entries are written — no state change outruns its entry. On a full disk
 //! that is a deadlock: the spool cannot drain because the ledger cannot record the
-//! deliveries that would free space. Releasing the reserve gives the ledger room to
-//! record them; at the same moment the log is told to keep that much headroom, so
-//! appends (refused with backpressure meanwhile) cannot take the space back. Once
-//! deliveries have freed twice the reserve, it is allocated again and appends take
-//! everything above `min_free_bytes` again.
+//! deliveries that would free space. The reserve's blocks become the ledger's own,
+//! so nothing else on the filesystem can take them first (freeing a file's worth of
+//! space for the ledger to use did not work: the metadata store took it at once,
+//! found by the soak). At the same moment the log is told to leave that much free,
+//! so appends cannot take what deliveries free before the reserve is taken again,
+//! once twice its size is free.
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-/// Called with `true` when the reserve is released (appends must leave its size
+/// Called with `true` when the reserve is spent (appends must leave its size
 /// free), `false` when it is held again.
 pub type OnPressure = Box<dyn Fn(bool) + Send + Sync>;
 
@@ -34,11 +37,16 @@ fn available(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes allocated to the file at `path` (0 if there is none).
+fn allocated(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
 impl Reserve {
     /// The reserve in `dir`; `bytes` 0 disables it.
     pub fn new(dir: &Path, bytes: u64) -> Self {
         let path = dir.join("reserve");
-        let held = bytes > 0 && fs::metadata(&path).is_ok_and(|m| m.len() >= bytes);
+        let held = bytes > 0 && allocated(&path) >= bytes;
         Self {
             path,
             bytes,
@@ -55,9 +63,14 @@ impl Reserve {
         self.held.load(Ordering::Acquire)
     }
 
+    /// Whether the reserve is enabled and spent: the disk was full not long ago.
+    pub fn is_spent(&self) -> bool {
+        self.bytes > 0 && !self.is_held()
+    }
+
     /// Who to tell (the log's headroom); told at once of the current state.
     pub fn on_pressure(&self, f: OnPressure) {
-        f(self.bytes > 0 && !self.is_held());
+        f(self.is_spent());
         let _ = self.on_pressure.set(f);
     }
 
@@ -97,33 +110,33 @@ impl Reserve {
         let f = fs::OpenOptions::new()
             .write(true)
             .create(true)
-            .truncate(false)
+            .truncate(true)
             .mode(0o600)
             .open(&self.path)?;
-        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, self.bytes)?;
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::KEEP_SIZE, 0, self.bytes)?;
         f.sync_all()?;
-        crate::fsio::sync_parent(&self.path)
+        crate::fsio::sync_parent(&self.path)?;
+        if allocated(&self.path) < self.bytes {
+            return Err(io::Error::other(
+                "the filesystem did not allocate the reserve",
+            ));
+        }
+        Ok(())
     }
 
-    /// Gives the reserve's space back to the filesystem (the ledger found the disk
-    /// full). Returns whether there was anything to give.
-    pub fn release(&self) -> bool {
-        if !self.held.swap(false, Ordering::AcqRel) {
-            return false;
+    /// Renames the reserve to `to` (the ledger's next file), its blocks with it:
+    /// the ledger found the disk full. Returns whether there was a reserve to take;
+    /// from then on appends leave its size free until it is held again.
+    pub fn take_as(&self, to: &Path) -> io::Result<bool> {
+        if !self.is_held() {
+            return Ok(false);
         }
-        // Appends first, so they cannot take what is about to be freed.
+        fs::rename(&self.path, to)?;
+        self.held.store(false, Ordering::Release);
         self.tell(true);
-        match fs::remove_file(&self.path) {
-            Ok(()) => {
-                let _ = crate::fsio::sync_parent(&self.path);
-                tracing::warn!(file = %self.path.display(), bytes = self.bytes, "disk full: released the audit ledger's reserve so deliveries can be recorded; appends keep that much free until it is back");
-                true
-            }
-            Err(e) => {
-                tracing::error!(file = %self.path.display(), error = %e, "cannot release the audit ledger's reserve");
-                false
-            }
-        }
+        crate::fsio::sync_parent(to)?;
+        tracing::warn!(file = %to.display(), bytes = self.bytes, "disk full: the audit ledger goes on in its reserve so deliveries can be recorded; appends keep that much free until it is taken again");
+        Ok(true)
     }
 }
 
@@ -146,13 +159,18 @@ mod tests {
         let seen = watch(&r);
         assert!(r.ensure());
         let path = dir.path().join("reserve");
-        assert_eq!(fs::metadata(&path).unwrap().len(), 64 << 10);
-        assert!(r.release(), "held, so something to give back");
+        // Allocated, and empty: it can become a ledger file as it is.
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+        assert!(allocated(&path) >= 64 << 10);
+        let to = dir.path().join("00000002.jsonl");
+        assert!(r.take_as(&to).unwrap(), "held, so something to take");
         assert!(!path.exists());
-        assert!(!r.release(), "nothing left to give");
+        assert!(allocated(&to) >= 64 << 10, "its blocks went with it");
+        assert!(r.is_spent());
+        assert!(!r.take_as(&to).unwrap(), "nothing left to take");
         assert!(r.ensure());
         assert!(path.exists());
-        // Told: pressure at first (not held), off, on (released), off (taken back).
+        // Told: pressure at first (not held), off, on (spent), off (taken again).
         assert_eq!(*seen.lock().unwrap(), vec![true, false, true, false]);
     }
 
@@ -173,7 +191,8 @@ mod tests {
         let r = Reserve::new(dir.path(), 0);
         assert_eq!(*watch(&r).lock().unwrap(), vec![false]);
         assert!(!r.ensure());
-        assert!(!r.release());
+        assert!(!r.is_spent());
+        assert!(!r.take_as(&dir.path().join("x")).unwrap());
         assert!(!dir.path().join("reserve").exists());
     }
 

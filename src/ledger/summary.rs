@@ -225,6 +225,20 @@ pub fn summarize(
                 .entry(reason.clone())
                 .or_default()
                 .add(*spans as u64),
+            Entry::Tallied {
+                t,
+                rejected,
+                deduplicated,
+                ..
+            } if in_window(*t) => {
+                for (reason, n) in rejected {
+                    let c = s.rejected.entry(reason.clone()).or_default();
+                    c.records += n.requests;
+                    c.spans += n.spans;
+                }
+                s.deduplicated.records += deduplicated.requests;
+                s.deduplicated.spans += deduplicated.spans;
+            }
             Entry::Delivered {
                 destination,
                 first_seq,
@@ -418,6 +432,7 @@ pub fn entry_time(e: &Entry) -> u64 {
         | Entry::LedgerRepaired { t, .. }
         | Entry::Checkpoint { t, .. }
         | Entry::Replayed { t, .. }
+        | Entry::Tallied { t, .. }
         | Entry::Started { t, .. }
         | Entry::Stopped { t } => *t,
     }

@@ -142,25 +142,23 @@ impl Ingest {
         let client = req.peer.map(|p| p.to_string());
         match result {
             Ok(Accepted::Stored { .. } | Accepted::Discarded) => {}
-            Ok(Accepted::Duplicate { seq }) => drop(
-                self.ledger.write(&Entry::Deduplicated {
-                    t: now_ms(),
-                    seq: *seq,
-                    key: req
-                        .key
-                        .map(|k| String::from_utf8_lossy(k).into_owned())
-                        .unwrap_or_default(),
-                    spans: req.spans,
-                    client,
-                    protocol: protocol.into(),
-                    tenant: req.tenant.map(str::to_string),
-                }),
-            ),
+            Ok(Accepted::Duplicate { seq }) => self.ledger.write_or_tally(&Entry::Deduplicated {
+                t: now_ms(),
+                seq: *seq,
+                key: req
+                    .key
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default(),
+                spans: req.spans,
+                client,
+                protocol: protocol.into(),
+                tenant: req.tenant.map(str::to_string),
+            }),
             Err(r) => {
                 if matches!(r, Rejection::Full { .. }) {
                     self.ready.spool_full();
                 }
-                let _ = self.ledger.write(&Entry::Rejected {
+                self.ledger.write_or_tally(&Entry::Rejected {
                     t: now_ms(),
                     reason: r.kind().into(),
                     spans: req.spans,

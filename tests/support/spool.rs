@@ -112,6 +112,13 @@ impl Spool {
 
     /// Starts the process and waits until it says it is running.
     pub fn start(&mut self) -> &mut Self {
+        let offset = self.spawn();
+        self.wait_running(offset)
+    }
+
+    /// Starts the process without waiting for it to serve; the log offset its
+    /// output starts at, for [`Spool::wait_running`].
+    pub fn spawn(&mut self) -> u64 {
         assert!(self.child.is_none(), "already running");
         let offset = fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
         let log = OpenOptions::new()
@@ -135,6 +142,11 @@ impl Spool {
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("spawn tracespool"));
+        offset
+    }
+
+    /// Waits until the process spawned at log `offset` serves.
+    pub fn wait_running(&mut self, offset: u64) -> &mut Self {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = fs::read(&self.log).unwrap_or_default();
