@@ -17,6 +17,7 @@
 //! | [`ledger`]   | the audit ledger and its reconciliation                              |
 //! | [`state`]    | state.json: what a running forwarder publishes for the tools         |
 //! | [`tools`]    | `status`, `wal`, `audit`, `replay`, `dead-letter`                    |
+//! | [`pem`]      | PEM certificates, keys and CA bundles; the crypto provider (both sides) |
 //! | [`app`]      | wiring and shutdown                                                  |
 //!
 //! The write-ahead log itself is the `tracespool-storage` crate in `storage/`.
@@ -35,6 +36,7 @@ pub mod instance;
 pub mod ledger;
 pub mod metrics;
 pub mod otlp;
+pub mod pem;
 pub mod process;
 pub mod receiver;
 pub mod state;

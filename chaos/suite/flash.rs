@@ -99,12 +99,31 @@ async fn bad_sector_scenario(name: &str, pick: fn(&[PathBuf]) -> usize, at: fn(&
     g.set_mode(Mode::Unavailable);
     h.set_mode(Mode::Unavailable);
     let mut edge = Edge::new(dir.path(), STORAGE, &dests(&g, &h), MountOptions::default());
-    let results = spool_undelivered(dir.path(), &mut edge, 4).await;
-    let segs = segments(&edge.backing);
-    assert!(segs.len() >= 3, "need several segments, got {segs:?}");
-    let seg = &segs[pick(&segs)];
-    let recs = records_in(seg);
-    assert!(recs.len() >= 3);
+    let mut results = spool_undelivered(dir.path(), &mut edge, 4).await;
+    // The chosen segment needs records before and after the bad one; the active
+    // segment may have just been started: spool a little more until it has.
+    let mut round = 0;
+    let (seg, recs) = loop {
+        let segs = segments(&edge.backing);
+        assert!(segs.len() >= 3, "need several segments, got {segs:?}");
+        let seg = segs[pick(&segs)].clone();
+        let recs = records_in(&seg);
+        if recs.len() >= 3 {
+            break (seg, recs);
+        }
+        round += 1;
+        assert!(
+            round <= 10,
+            "{name}: {} never held 3 records",
+            seg.display()
+        );
+        edge.power_on();
+        let load = Load::start_round(dir.path(), &edge.spool, 1, 1, 20, 0.02, round);
+        // Long enough for the clients to start and send a few batches.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        results.extend(load.finish());
+        edge.shutdown();
+    };
     let rel = format!("data/wal/{}", seg.file_name().unwrap().to_string_lossy());
     let (bad, lost) = bad_sector_at(&rel, &recs, at(&recs));
     edge.opts.bad = vec![bad];

@@ -27,6 +27,20 @@ impl Load {
         spans: usize,
         pause: f64,
     ) -> Self {
+        Self::start_round(dir, spool, grpc, http, spans, pause, 0)
+    }
+
+    /// As [`Load::start`], for a later round of clients in the same scenario: their
+    /// prefix (and so their idempotency keys) differ from earlier rounds'.
+    pub fn start_round(
+        dir: &Path,
+        spool: &Spool,
+        grpc: usize,
+        http: usize,
+        spans: usize,
+        pause: f64,
+        round: u32,
+    ) -> Self {
         let stop = dir.join("stop-clients");
         let _ = std::fs::remove_file(&stop);
         let mut clients = Vec::new();
@@ -39,7 +53,10 @@ impl Load {
         ] {
             for i in 0..n {
                 let name = format!("{proto}{i}");
-                let prefix = format!("{name}-{}", std::process::id());
+                let mut prefix = format!("{name}-{}", std::process::id());
+                if round > 0 {
+                    prefix.push_str(&format!("-r{round}"));
+                }
                 let args = [
                     "--protocol",
                     proto,

@@ -12,11 +12,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::config::DestinationConfig;
-use crate::receiver::tls::{load_certs, load_key, load_roots};
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+use crate::pem::{load_certs, load_key, load_roots, provider};
 
 /// The system's trusted roots (as OpenSSL finds them: /etc/ssl/certs, SSL_CERT_FILE).
 fn system_roots() -> Result<RootCertStore, String> {

@@ -7,15 +7,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::ServerConfig;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReceiverTlsConfig;
 use crate::metrics::Metrics;
+use crate::pem::{load_certs, load_key, load_roots, provider};
 
 /// The identity of a file's current content, as far as reloading cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,37 +38,6 @@ pub struct TlsServer {
     cfg: ReceiverTlsConfig,
     current: RwLock<Arc<ServerConfig>>,
     stamps: Mutex<Vec<Option<Stamp>>>,
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in PEM format", path.display()));
-    }
-    Ok(certs)
-}
-
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    PrivateKeyDer::from_pem_slice(&bytes)
-        .map_err(|e| format!("{}: no private key in PEM format ({e})", path.display()))
-}
-
-pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    for cert in load_certs(path)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    Ok(roots)
 }
 
 fn build(cfg: &ReceiverTlsConfig) -> Result<ServerConfig, String> {
