@@ -167,9 +167,11 @@ fn read(c: &mut Criterion) {
     let payload = Bytes::from(vec![0x33u8; size]);
     let n = total / size as u64;
     rt.block_on(async {
+        let mut last = 0;
         for _ in 0..n {
-            wal.append(record(&payload)).await.unwrap();
+            last = wal.append(record(&payload)).await.unwrap().seq;
         }
+        wait_readable(&wal, last).await;
     });
     let mut g = c.benchmark_group("read");
     g.sample_size(10);
@@ -198,6 +200,16 @@ fn read(c: &mut Criterion) {
     });
     g.finish();
     rt.block_on(wal.close());
+}
+
+/// Waits until readers see `seq`: under `fsync = never` records are read only
+/// once synced (within about a second), as exporters read them.
+async fn wait_readable(wal: &Wal, seq: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wal.stats().last_seq < seq {
+        assert!(Instant::now() < deadline, "seq {seq} never became readable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Builds (once) a 2 GiB log of 64 MiB segments; the active segment is left nearly

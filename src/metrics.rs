@@ -119,17 +119,10 @@ fn histogram() -> Histogram {
 }
 
 pub const PROTOCOLS: [&str; 3] = ["grpc", "http/protobuf", "http/json"];
-pub const RECEIVER_OUTCOMES: [&str; 9] = [
-    "accepted",
-    "duplicate",
-    "unauthenticated",
-    "invalid",
-    "too_large",
-    "unsupported_media",
-    "full",
-    "in_flight",
-    "unavailable",
-];
+/// Outcomes of a receiver request besides the refusals ([`Rejection::KINDS`]).
+///
+/// [`Rejection::KINDS`]: crate::status::Rejection::KINDS
+pub const RECEIVER_SUCCESSES: [&str; 2] = ["accepted", "duplicate"];
 pub const RECEIVERS: [&str; 2] = ["grpc", "http"];
 pub const CONNECTION_OUTCOMES: [&str; 4] = ["accepted", "over_limit", "tls_failed", "timed_out"];
 pub const EXPORT_OUTCOMES: [&str; 4] = ["success", "retryable", "permanent", "auth"];
@@ -321,7 +314,10 @@ impl Metrics {
         // alerts see them before the first event.
         for protocol in PROTOCOLS {
             let _ = m.spans_received.get_or_create(&ProtocolLabel { protocol });
-            for outcome in RECEIVER_OUTCOMES {
+            for outcome in RECEIVER_SUCCESSES
+                .into_iter()
+                .chain(crate::status::Rejection::KINDS)
+            {
                 let _ = m
                     .receiver_requests
                     .get_or_create(&ProtocolOutcome { protocol, outcome });

@@ -67,7 +67,19 @@ impl Rejection {
         }
     }
 
-    /// Short name for logs.
+    /// Every [`Rejection::kind`], for metrics that must have a series per refusal.
+    pub const KINDS: [&'static str; 8] = [
+        "invalid",
+        "too_large",
+        "unsupported_media",
+        "full",
+        "in_flight",
+        "unavailable",
+        "unauthenticated",
+        "timed_out",
+    ];
+
+    /// Short name for logs and the `outcome` label of refused requests.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Invalid(_) => "invalid",
@@ -162,6 +174,25 @@ impl Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_listed_once() {
+        let all = [
+            Rejection::Invalid(String::new()),
+            Rejection::TooLarge(String::new()),
+            Rejection::UnsupportedMedia(String::new()),
+            Rejection::Full {
+                retry_after: Duration::ZERO,
+                detail: String::new(),
+            },
+            Rejection::InFlight,
+            Rejection::Unavailable(String::new()),
+            Rejection::Unauthenticated,
+            Rejection::TimedOut(String::new()),
+        ];
+        let kinds: Vec<&str> = all.iter().map(Rejection::kind).collect();
+        assert_eq!(kinds, Rejection::KINDS);
+    }
 
     #[test]
     fn full_carries_retry_info_both_ways() {

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::error::ReadError;
+use crate::format::decode_header;
 use crate::segment::{read_region, scan_at, InUseGuard, Scan, RECORDS_START};
 use crate::shared::{Shared, Watermark};
 use crate::types::{time_from_nanos, Gap, GapCause, LostRange, ReadItem, Record};
@@ -322,6 +323,20 @@ impl Reader {
             ) || pos.window_end() >= limit
         };
         if !conclusive(pos) {
+            // Most often a frame cut by the window's end: a window starting at it,
+            // as long as its intact header says it is (and room for the next
+            // header), settles that without reading the rest of the segment.
+            let rel = pos.offset - pos.window_start;
+            let frame = decode_header(&pos.window[rel..])
+                .map(|h| h.frame_len())
+                .unwrap_or(0);
+            let to = limit.min(pos.offset + frame.max(WINDOW));
+            if pos.window_start != pos.offset || to > pos.window_end() {
+                pos.fill(pos.offset, to).map_err(io)?;
+            }
+        }
+        if !conclusive(pos) {
+            // Damage: looking for where valid records resume may need the rest.
             pos.fill(pos.offset, limit).map_err(io)?;
         }
         let ws = pos.window_start;

@@ -618,14 +618,23 @@ fn recover_active(
     let mut legacy = false;
     {
         let mut off = RECORDS_START.min(limit);
-        while let Some(at) = resync(bytes, off, |_| true) {
-            if let Ok(f) = decode_frame(&bytes[at..]) {
-                if f.header.version == 1 {
-                    legacy = true;
+        // A valid frame's bytes are its own: the next one starts right after it (a
+        // frame-like pattern inside a payload is not a frame); after damage, the
+        // next valid frame anywhere.
+        while off < limit {
+            match decode_frame(&bytes[off..]) {
+                Ok(f) => {
+                    if f.header.version == 1 {
+                        legacy = true;
+                    }
+                    durable = durable.max(f.header.durable_through);
+                    off += f.frame_len();
                 }
-                durable = durable.max(f.header.durable_through);
+                Err(_) => match resync(bytes, off + 1, |_| true) {
+                    Some(at) => off = at,
+                    None => break,
+                },
             }
-            off = at + 1;
         }
     }
     let reason_at = |from: usize, to: usize, e: &dyn std::fmt::Display| match region

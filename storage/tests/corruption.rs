@@ -404,3 +404,68 @@ fn crc32(b: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Readers read a segment a few MiB at a time: records cut by a window's end, a
+/// record larger than a window and damage just past a window's start must read as
+/// they do within one window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_across_read_windows_and_damage_past_one_read_exactly() {
+    const MIB: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        let mut c = small_config(dir.path());
+        c.segment_bytes = 32 * MIB as u64;
+        c.max_bytes = 256 * MIB as u64;
+        c
+    };
+    // 333 KiB records (never aligned to 4 MiB), one of 9 MiB among them.
+    let len_of = |id: u64| if id == 20 { 9 * MIB } else { 333 * 1024 };
+    let n = 110u64;
+    {
+        let (wal, _) = Wal::open(cfg()).unwrap();
+        for id in 0..n {
+            wal.append(record(id, len_of(id), spans_of(id)))
+                .await
+                .unwrap();
+        }
+        wal.close().await;
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 2, "a sealed segment and the active one");
+    let read_back = |wal: &Wal| {
+        let items = read_all(wal);
+        let mut seqs = Vec::new();
+        let mut gaps = Vec::new();
+        for item in &items {
+            match item {
+                tracespool_storage::ReadItem::Record(r) => {
+                    let id = r.seq - 1;
+                    assert_record(r, id, len_of(id), spans_of(id));
+                    seqs.push(r.seq);
+                }
+                tracespool_storage::ReadItem::Gap(g) => gaps.push((g.first_seq, g.last_seq)),
+            }
+        }
+        (seqs, gaps)
+    };
+    {
+        let (wal, _) = Wal::open(cfg()).unwrap();
+        let (seqs, gaps) = read_back(&wal);
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+        assert!(gaps.is_empty());
+        wal.close().await;
+    }
+    // Damage the first record that starts past 4 MiB in the sealed segment.
+    let frames = frames(&files[0]);
+    let victim = *frames
+        .iter()
+        .find(|f| f.offset > 4 * MIB as u64)
+        .expect("a record past the first window");
+    flip_byte(&files[0], victim.offset + victim.len / 2);
+    let (wal, _) = Wal::open(cfg()).unwrap();
+    let (seqs, gaps) = read_back(&wal);
+    assert_eq!(gaps, vec![(victim.seq, victim.seq)]);
+    let expect: Vec<u64> = (1..=n).filter(|&s| s != victim.seq).collect();
+    assert_eq!(seqs, expect);
+    wal.close().await;
+}
