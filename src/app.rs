@@ -1,5 +1,9 @@
-//! `tracespool run`: open the log, start the receivers, one replay worker per
-//! destination and the admin listener, and shut down cleanly on SIGTERM/SIGINT.
+//! The composition root: [`start`] opens the log, starts the receivers, one replay
+//! worker per destination and the admin listener, and returns a [`Running`] with
+//! the addresses it listens on (port 0 gets a free one, so tests start forwarders
+//! in-process); [`Running::wait`] shuts down cleanly once its [`Control`] says stop.
+//! Signals belong to `main.rs`: SIGTERM/SIGINT cancel `Control::stop`, SIGHUP
+//! notifies `Control::reload`.
 //!
 //! Start, in order: the audit ledger (so no loss found while opening the log can go
 //! unrecorded) → the log (recovery) → the ledger's recovery from the log → the
@@ -7,7 +11,7 @@
 //! announced) → workers.
 //!
 //! Shutdown, in order (readable here, in one place):
-//! 1. a signal cancels `stop`;
+//! 1. a signal (or [`Running::shutdown`]) cancels `Control::stop`;
 //! 2. the receivers stop accepting connections and finish the requests in flight
 //!    (each either durable and answered with success, or refused) — bounded by
 //!    `service.shutdown_timeout`;
@@ -16,11 +20,13 @@
 //! 4. the dedup index and the ledger are checkpointed, the state file written,
 //!    cursors flushed, the log synced and closed; the process exits 0.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracespool_storage::{Cursor, CursorStart, EventHook, Wal, WalEvent};
 
@@ -58,11 +64,66 @@ impl RunError {
     }
 }
 
-pub async fn run(cfg: Config) -> Result<(), RunError> {
+/// How the owner of a forwarder (`main`, with its signals, or a test) stops it and
+/// asks it to reload: made before [`start`], so a stop asked for while the log is
+/// still being recovered is not lost.
+#[derive(Clone, Default)]
+pub struct Control {
+    /// Cancelled: shut down (see [`Running::wait`]).
+    pub stop: CancellationToken,
+    /// Notified: reload what can be reloaded without a restart (the receivers' TLS
+    /// certificate).
+    pub reload: Arc<tokio::sync::Notify>,
+}
+
+/// The addresses a started forwarder listens on (a port 0 in the configuration is
+/// the port the system chose); `None` for a listener that is off.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Addrs {
+    pub grpc: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+/// A started forwarder: its listeners bound, its workers running. [`Running::wait`]
+/// returns once it has stopped (after `Control::stop`, or a receiver failing).
+pub struct Running {
+    pub addrs: Addrs,
+    pub instance_id: String,
+    control: Control,
+    grace: Duration,
+    dir: std::path::PathBuf,
+    receivers: JoinSet<Result<(), String>>,
+    tls_task: Option<JoinHandle<()>>,
+    admin_stop: CancellationToken,
+    admin_task: Option<JoinHandle<Result<(), String>>>,
+    workers_stop: CancellationToken,
+    workers: JoinSet<()>,
+    maintenance_stop: CancellationToken,
+    maintenance: Vec<JoinHandle<()>>,
+    events_task: JoinHandle<()>,
+    ready: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    ingest: Arc<Ingest>,
+    ledger: Arc<Ledger>,
+    wal: Wal,
+    cursors: Vec<Cursor>,
+    statuses: Vec<Statuses>,
+    dedup: Arc<Dedup>,
+}
+
+type Statuses = (
+    crate::config::DestinationConfig,
+    Cursor,
+    Arc<DestinationStatus>,
+);
+
+/// Starts a forwarder, in the order the module documentation gives, and returns
+/// once it is serving.
+pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
     crate::metrics::mark_start();
-    let stop = CancellationToken::new();
-    let hup = Arc::new(tokio::sync::Notify::new());
-    spawn_signal_handler(stop.clone(), hup.clone());
+    let stop = control.stop.clone();
+    let hup = control.reload.clone();
     let names: Vec<String> = cfg.destinations.iter().map(|d| d.name.clone()).collect();
     let metrics = Metrics::new(&names);
 
@@ -143,11 +204,13 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
     // On a full disk the ledger's reserve is released, and appends must leave its
     // room to the ledger until it is back.
     {
-        let (wal, bytes) = (wal.clone(), ledger.reserve().bytes());
+        // A weak handle: the log's hook holds the ledger, so a `Wal` in the ledger
+        // would keep the log open for ever (found by the in-process test).
+        let (headroom, bytes) = (wal.headroom_handle(), ledger.reserve().bytes());
         ledger.reserve().ensure();
-        ledger.reserve().on_pressure(Box::new(move |p| {
-            wal.set_headroom(if p { bytes } else { 0 })
-        }));
+        ledger
+            .reserve()
+            .on_pressure(Box::new(move |p| headroom.set(if p { bytes } else { 0 })));
     }
     let events = wal.take_events().expect("events taken once");
     let instance_id = crate::instance::load_or_create(&dir, &wal.id())
@@ -264,7 +327,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         )
         .with_pipeline(pipeline),
     );
-    let mut receivers = tokio::task::JoinSet::new();
+    let mut receivers = JoinSet::new();
     let max_req = otlp.max_request_bytes.0 as usize;
     let max_dec = otlp.max_decompressed_bytes.0 as usize;
     let limits = server::Limits {
@@ -297,6 +360,12 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
             "receivers require a bearer token"
         );
     }
+    let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+    let addrs = Addrs {
+        grpc: addr(&grpc_listener),
+        http: addr(&http_listener),
+        admin: addr(&admin_listener),
+    };
     if let Some(l) = grpc_listener {
         tracing::info!(address = %local(&l), transport = scheme, "OTLP/gRPC receiver listening");
         let svc = grpc::trace_service(ingest.clone(), max_req, max_dec);
@@ -341,7 +410,7 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
 
     let dead_letters = DeadLetters::new(&dir);
     let workers_stop = CancellationToken::new();
-    let mut workers = tokio::task::JoinSet::new();
+    let mut workers = JoinSet::new();
     let mut statuses = Vec::new();
     for (d, cursor) in cfg.destinations.iter().zip(&cursors) {
         if d.is_https() && d.tls.insecure_skip_verify {
@@ -374,15 +443,17 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         );
     }
     let maintenance_stop = CancellationToken::new();
-    let dedup_task = tokio::spawn(dedup::maintain(dedup.clone(), maintenance_stop.clone()));
-    let ledger_task = tokio::spawn(ledger::maintain(ledger.clone(), maintenance_stop.clone()));
-    let state_task = tokio::spawn(write_state(
-        dir.clone(),
-        instance_id.clone(),
-        wal.clone(),
-        statuses.clone(),
-        maintenance_stop.clone(),
-    ));
+    let maintenance = vec![
+        tokio::spawn(dedup::maintain(dedup.clone(), maintenance_stop.clone())),
+        tokio::spawn(ledger::maintain(ledger.clone(), maintenance_stop.clone())),
+        tokio::spawn(write_state(
+            dir.clone(),
+            instance_id.clone(),
+            wal.clone(),
+            statuses.clone(),
+            maintenance_stop.clone(),
+        )),
+    ];
     let events_task = tokio::spawn(log_events(events));
     tracing::info!(
         instance_id = %instance_id,
@@ -393,74 +464,134 @@ pub async fn run(cfg: Config) -> Result<(), RunError> {
         destinations = cfg.destinations.len(),
         "tracespool running"
     );
+    Ok(Running {
+        addrs,
+        instance_id,
+        control,
+        grace: cfg.service.shutdown_timeout.0,
+        dir,
+        receivers,
+        tls_task,
+        admin_stop,
+        admin_task,
+        workers_stop,
+        workers,
+        maintenance_stop,
+        maintenance,
+        events_task,
+        ready,
+        metrics,
+        ingest,
+        ledger,
+        wal,
+        cursors,
+        statuses,
+        dedup,
+    })
+}
 
-    // 1–2. Wait for a signal (or a receiver dying), then drain the receivers.
-    let mut failure = None;
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        Some(done) = receivers.join_next(), if !stop.is_cancelled() => {
-            let msg = match done {
-                Ok(Ok(())) => "a receiver stopped unexpectedly".to_string(),
-                Ok(Err(e)) => e,
-                Err(e) => e.to_string(),
-            };
-            // A receiver that ends on its own (not because of `stop`) has failed.
-            if !stop.is_cancelled() {
-                tracing::error!(error = %msg, "receiver failed; shutting down");
-                failure = Some(msg);
-                stop.cancel();
+impl Running {
+    /// Stops the forwarder (as a first SIGTERM does) and waits until it has.
+    pub async fn shutdown(self) -> Result<(), RunError> {
+        self.control.stop.cancel();
+        self.wait().await
+    }
+
+    /// Waits for `Control::stop` (or a receiver failing), then shuts down in the
+    /// order of the module documentation. An error says why it stopped on its own.
+    pub async fn wait(self) -> Result<(), RunError> {
+        let Running {
+            addrs: _,
+            instance_id,
+            control,
+            grace,
+            dir,
+            mut receivers,
+            tls_task,
+            admin_stop,
+            admin_task,
+            workers_stop,
+            mut workers,
+            maintenance_stop,
+            maintenance,
+            events_task,
+            ready,
+            metrics,
+            ingest,
+            ledger,
+            wal,
+            cursors,
+            statuses,
+            dedup,
+        } = self;
+        let stop = control.stop;
+        // 1–2. Wait for a signal (or a receiver dying), then drain the receivers.
+        let mut failure = None;
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            Some(done) = receivers.join_next(), if !stop.is_cancelled() => {
+                let msg = match done {
+                    Ok(Ok(())) => "a receiver stopped unexpectedly".to_string(),
+                    Ok(Err(e)) => e,
+                    Err(e) => e.to_string(),
+                };
+                // A receiver that ends on its own (not because of `stop`) has failed.
+                if !stop.is_cancelled() {
+                    tracing::error!(error = %msg, "receiver failed; shutting down");
+                    failure = Some(msg);
+                    stop.cancel();
+                }
             }
         }
-    }
-    tracing::info!("shutting down: no new requests; finishing those in flight");
-    ready.receivers_up.store(false, Ordering::Relaxed);
-    let grace = cfg.service.shutdown_timeout.0;
-    if tokio::time::timeout(grace, async {
-        while receivers.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tracing::warn!(timeout = ?grace, "requests still in flight after the shutdown timeout; closing their connections");
-        receivers.shutdown().await;
-    }
-    if let Some(t) = tls_task {
-        let _ = t.await;
-    }
-    // 3. Replay workers.
-    workers_stop.cancel();
-    while workers.join_next().await.is_some() {}
-    // 4. Index, ledger, state, cursors, log.
-    maintenance_stop.cancel();
-    let _ = dedup_task.await;
-    let _ = ledger_task.await;
-    let _ = state_task.await;
-    admin_stop.cancel();
-    if let Some(t) = admin_task {
-        let _ = t.await;
-    }
-    drop(ingest);
-    if let Err(e) = ledger.sync() {
-        tracing::error!(error = %e, "syncing the audit ledger at shutdown");
-    }
-    if let Err(e) = wal.flush() {
-        tracing::error!(error = %e, "flushing cursor positions at shutdown");
-    }
-    let _ = crate::state::write(&dir, &state_now(&instance_id, &wal, &statuses, false));
-    ledger.flush_tally();
-    let _ = ledger.write(&Entry::Stopped { t: now_ms() });
-    ledger.checkpoint();
-    *metrics.live.lock().unwrap() = None;
-    *ready.wal.lock().unwrap() = None;
-    drop(cursors);
-    drop(statuses);
-    drop(dedup);
-    wal.close().await;
-    events_task.abort();
-    tracing::info!("stopped");
-    match failure {
-        None => Ok(()),
-        Some(f) => Err(RunError(f)),
+        tracing::info!("shutting down: no new requests; finishing those in flight");
+        ready.receivers_up.store(false, Ordering::Relaxed);
+        if tokio::time::timeout(grace, async {
+            while receivers.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!(timeout = ?grace, "requests still in flight after the shutdown timeout; closing their connections");
+            receivers.shutdown().await;
+        }
+        if let Some(t) = tls_task {
+            let _ = t.await;
+        }
+        // 3. Replay workers.
+        workers_stop.cancel();
+        while workers.join_next().await.is_some() {}
+        // 4. Index, ledger, state, cursors, log.
+        maintenance_stop.cancel();
+        for t in maintenance {
+            let _ = t.await;
+        }
+        admin_stop.cancel();
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        drop(ingest);
+        if let Err(e) = ledger.sync() {
+            tracing::error!(error = %e, "syncing the audit ledger at shutdown");
+        }
+        if let Err(e) = wal.flush() {
+            tracing::error!(error = %e, "flushing cursor positions at shutdown");
+        }
+        let _ = crate::state::write(&dir, &state_now(&instance_id, &wal, &statuses, false));
+        ledger.flush_tally();
+        let _ = ledger.write(&Entry::Stopped { t: now_ms() });
+        ledger.checkpoint();
+        *metrics.live.lock().unwrap() = None;
+        *ready.wal.lock().unwrap() = None;
+        drop(cursors);
+        drop(statuses);
+        drop(dedup);
+        wal.close().await;
+        events_task.abort();
+        tracing::info!("stopped");
+        match failure {
+            None => Ok(()),
+            Some(f) => Err(RunError(f)),
+        }
     }
 }
 
@@ -747,41 +878,4 @@ fn log_damage(l: &tracespool_storage::LostRange) {
         detail = %l.reason,
         "spans lost to a damaged spool segment"
     );
-}
-
-/// SIGTERM or SIGINT cancels `stop`; a second one exits at once.
-/// SIGTERM/SIGINT stop (a second one exits at once); SIGHUP reloads what can be
-/// reloaded without a restart (the receivers' TLS certificate).
-fn spawn_signal_handler(stop: CancellationToken, hup: Arc<tokio::sync::Notify>) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hangup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        let mut stops = 0;
-        loop {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-                _ = hangup.recv() => {
-                    tracing::info!(signal = "SIGHUP", "signal received: reloading TLS files");
-                    hup.notify_one();
-                    continue;
-                }
-            };
-            if stops == 0 {
-                tracing::info!(signal = name, "signal received");
-                stop.cancel();
-            } else {
-                tracing::warn!(signal = name, "second signal: exiting now");
-                std::process::exit(130);
-            }
-            stops += 1;
-        }
-    });
 }

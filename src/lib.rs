@@ -18,7 +18,7 @@
 //! | [`state`]    | state.json: what a running forwarder publishes for the tools         |
 //! | [`tools`]    | `status`, `wal`, `audit`, `replay`, `dead-letter`                    |
 //! | [`pem`]      | PEM certificates, keys and CA bundles; the crypto provider (both sides) |
-//! | [`app`]      | wiring and shutdown                                                  |
+//! | [`app`]      | the composition root: `start` → `Running` (addresses, `wait`, `shutdown`) |
 //!
 //! The write-ahead log itself is the `tracespool-storage` crate in `storage/`.
 

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracespool::app::{self, Control};
 use tracespool::cli::{Cli, Command, LogFormatArg};
 use tracespool::config::{Config, LogFormat};
 
@@ -47,7 +48,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match runtime.block_on(tracespool::app::run(cfg)) {
+            let run = async {
+                // Before the start: a stop asked for during recovery is kept.
+                let control = Control::default();
+                spawn_signal_handler(&control);
+                app::start(cfg, control).await?.wait().await
+            };
+            match runtime.block_on(run) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, exit_code = e.code, "tracespool failed");
@@ -58,4 +65,41 @@ fn main() -> ExitCode {
         }
         tool => tracespool::tools::main(tool, cfg, cli.json),
     }
+}
+
+/// SIGTERM/SIGINT stop (a second one exits at once); SIGHUP reloads what can be
+/// reloaded without a restart (the receivers' TLS certificate).
+fn spawn_signal_handler(control: &Control) {
+    let (stop, hup) = (control.stop.clone(), control.reload.clone());
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hangup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        let mut stops = 0;
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                _ = hangup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "signal received: reloading TLS files");
+                    hup.notify_one();
+                    continue;
+                }
+            };
+            if stops == 0 {
+                tracing::info!(signal = name, "signal received");
+                stop.cancel();
+            } else {
+                tracing::warn!(signal = name, "second signal: exiting now");
+                std::process::exit(130);
+            }
+            stops += 1;
+        }
+    });
 }

@@ -51,7 +51,7 @@ pub use types::{
     Appended, CursorLoss, CursorStart, EventHook, Eviction, Gap, GapCause, LostRange, NewRecord,
     Quarantine, ReadItem, Record, RecoveryReport, SkippedSeqs, TornTail, WalEvent, WalStats,
 };
-pub use wal::Wal;
+pub use wal::{Headroom, Wal};
 
 #[doc(hidden)]
 pub use state::forget_clean_close as __forget_clean_close;

@@ -32,6 +32,19 @@ pub struct Wal {
     inner: Arc<Inner>,
 }
 
+/// See [`Wal::headroom_handle`]; does nothing once the log is closed.
+#[derive(Clone)]
+pub struct Headroom(std::sync::Weak<Inner>);
+
+impl Headroom {
+    /// As [`Wal::set_headroom`].
+    pub fn set(&self, bytes: u64) {
+        if let Some(inner) = self.0.upgrade() {
+            Wal { inner }.set_headroom(bytes);
+        }
+    }
+}
+
 struct Inner {
     shared: Arc<Shared>,
     commands: Arc<CommandQueue>,
@@ -286,6 +299,13 @@ impl Wal {
                 "filesystem headroom for appends changed"
             );
         }
+    }
+
+    /// A handle that sets the headroom without keeping the log open: for a
+    /// callback the log's own event hook reaches (holding a `Wal` there would be a
+    /// cycle, and the log would never close).
+    pub fn headroom_handle(&self) -> Headroom {
+        Headroom(Arc::downgrade(&self.inner))
     }
 
     /// The log's random identity.
