@@ -525,22 +525,42 @@ impl Running {
             dedup,
         } = self;
         let stop = control.stop;
-        // 1–2. Wait for a signal (or a receiver dying), then drain the receivers.
+        // 1–2. Wait for a signal, or any stage ending on its own (a receiver, a
+        // replay worker, the admin listener: each runs until told to stop, so one
+        // that ends has failed), then drain the receivers.
+        let mut admin_task = admin_task;
+        let admin_done = async {
+            match admin_task.as_mut() {
+                Some(t) => t.await,
+                None => std::future::pending().await,
+            }
+        };
+        let ended = tokio::select! {
+            _ = stop.cancelled() => None,
+            Some(done) = receivers.join_next() => Some(("receiver", match done {
+                Ok(Ok(())) => "stopped unexpectedly".to_string(),
+                Ok(Err(e)) => e,
+                Err(e) => e.to_string(),
+            })),
+            Some(done) = workers.join_next() => Some(("replay worker", match done {
+                Ok(()) => "stopped unexpectedly".to_string(),
+                Err(e) => e.to_string(),
+            })),
+            done = admin_done => Some(("admin listener", match done {
+                Ok(Ok(())) => "stopped unexpectedly".to_string(),
+                Ok(Err(e)) => e,
+                Err(e) => e.to_string(),
+            })),
+        };
         let mut failure = None;
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            Some(done) = receivers.join_next(), if !stop.is_cancelled() => {
-                let msg = match done {
-                    Ok(Ok(())) => "a receiver stopped unexpectedly".to_string(),
-                    Ok(Err(e)) => e,
-                    Err(e) => e.to_string(),
-                };
-                // A receiver that ends on its own (not because of `stop`) has failed.
-                if !stop.is_cancelled() {
-                    tracing::error!(error = %msg, "receiver failed; shutting down");
-                    failure = Some(msg);
-                    stop.cancel();
-                }
+        if let Some((stage, msg)) = ended {
+            if !stop.is_cancelled() {
+                tracing::error!(stage, error = %msg, "a stage failed; shutting down");
+                failure = Some(format!("{stage}: {msg}"));
+                stop.cancel();
+            }
+            if stage == "admin listener" {
+                admin_task = None;
             }
         }
         tracing::info!("shutting down: no new requests; finishing those in flight");
