@@ -294,9 +294,9 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
 
     // Bind before anything is announced, so a busy port fails the start.
     let otlp = &cfg.receivers.otlp;
-    let grpc_listener = bind(&otlp.grpc, "OTLP/gRPC receiver").await?;
-    let http_listener = bind(&otlp.http, "OTLP/HTTP receiver").await?;
-    let admin_listener = bind(&cfg.admin.listen, "admin listener").await?;
+    let grpc_listener = bind(otlp.grpc, "OTLP/gRPC receiver").await?;
+    let http_listener = bind(otlp.http, "OTLP/HTTP receiver").await?;
+    let admin_listener = bind(cfg.admin.listen, "admin listener").await?;
 
     let ready = Arc::new(Readiness::default());
     *ready.wal.lock().unwrap() = Some(wal.clone());
@@ -645,10 +645,10 @@ fn restore_cursor(cursor: &Cursor, ledger_dir: &std::path::Path, last_seq: u64) 
     );
 }
 
-async fn bind(addr: &str, what: &str) -> Result<Option<TcpListener>, RunError> {
-    if addr.is_empty() {
+async fn bind(addr: crate::config::Listen, what: &str) -> Result<Option<TcpListener>, RunError> {
+    let Some(addr) = addr.addr() else {
         return Ok(None);
-    }
+    };
     TcpListener::bind(addr)
         .await
         .map(Some)

@@ -11,7 +11,6 @@ pub mod security;
 mod units;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use processors::ProcessorConfig;
 pub use security::{DestinationTlsConfig, ReceiverAuthConfig, ReceiverTlsConfig, TokenConfig};
-pub use units::{ByteSize, Dur};
+pub use units::{ByteSize, Dur, Listen};
 
 /// A configuration problem, naming the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +44,13 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Listen address of /metrics, /healthz and /readyz ("" disables).
-    pub listen: String,
+    pub listen: Listen,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8888".into(),
+            listen: Listen(Some(([127, 0, 0, 1], 8888).into())),
         }
     }
 }
@@ -138,9 +137,9 @@ pub struct ReceiversConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpReceiverConfig {
     /// OTLP/gRPC listen address; empty disables the receiver.
-    pub grpc: String,
+    pub grpc: Listen,
     /// OTLP/HTTP listen address; empty disables the receiver.
-    pub http: String,
+    pub http: Listen,
     /// Largest request body accepted, as received (compressed).
     pub max_request_bytes: ByteSize,
     /// Largest request after decompression.
@@ -164,8 +163,8 @@ pub struct OtlpReceiverConfig {
 impl Default for OtlpReceiverConfig {
     fn default() -> Self {
         Self {
-            grpc: "127.0.0.1:4317".into(),
-            http: "127.0.0.1:4318".into(),
+            grpc: Listen(Some(([127, 0, 0, 1], 4317).into())),
+            http: Listen(Some(([127, 0, 0, 1], 4318).into())),
             max_request_bytes: ByteSize(16 << 20),
             max_decompressed_bytes: ByteSize(64 << 20),
             retry_after: Dur(Duration::from_secs(2)),
@@ -420,15 +419,7 @@ impl Config {
             );
         }
         let r = &self.receivers.otlp;
-        for (key, addr) in [
-            ("receivers.otlp.grpc", &r.grpc),
-            ("receivers.otlp.http", &r.http),
-        ] {
-            if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
-                return err(format!("{key}: {addr:?} is not an address like \"127.0.0.1:4317\" (or \"\" to disable)"));
-            }
-        }
-        if r.grpc.is_empty() && r.http.is_empty() {
+        if r.grpc.is_off() && r.http.is_off() {
             return err(
                 "receivers.otlp: both grpc and http are disabled; nothing would receive spans"
                     .into(),
@@ -513,12 +504,6 @@ impl Config {
                 }
             }
             d.validate_tls(&key)?;
-        }
-        if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
-            return err(format!(
-                "admin.listen: {:?} is not an address like \"127.0.0.1:8888\" (or \"\" to disable)",
-                self.admin.listen
-            ));
         }
         if self.audit.file_bytes.0 < 4096 {
             return err(format!(

@@ -20,8 +20,8 @@ fn file(text: &str) -> tempfile::NamedTempFile {
 fn defaults_without_a_file_spool_to_data_and_listen_on_loopback() {
     let cfg = Config::load(None, &env(&[])).unwrap();
     assert_eq!(cfg.storage.dir, PathBuf::from("./data"));
-    assert_eq!(cfg.receivers.otlp.grpc, "127.0.0.1:4317");
-    assert_eq!(cfg.receivers.otlp.http, "127.0.0.1:4318");
+    assert_eq!(cfg.receivers.otlp.grpc.to_string(), "127.0.0.1:4317");
+    assert_eq!(cfg.receivers.otlp.http.to_string(), "127.0.0.1:4318");
     assert_eq!(cfg.storage.max_bytes, ByteSize(4 << 30));
     assert_eq!(cfg.storage.fsync, FsyncMode::Always);
     assert!(cfg.destinations.is_empty());
@@ -57,7 +57,7 @@ fn a_file_and_environment_overrides_combine() {
     assert_eq!(cfg.storage.dir, PathBuf::from("/var/lib/tracespool"));
     assert_eq!(cfg.storage.max_bytes, ByteSize(2 << 30));
     assert_eq!(cfg.storage.when_full, WhenFull::DropOldest);
-    assert_eq!(cfg.receivers.otlp.grpc, "0.0.0.0:14317");
+    assert_eq!(cfg.receivers.otlp.grpc.to_string(), "0.0.0.0:14317");
     assert_eq!(cfg.dedup.max_keys, 10);
     assert_eq!(
         cfg.destinations.len(),

@@ -200,3 +200,69 @@ mod tests {
         );
     }
 }
+
+/// A listen address (`"127.0.0.1:4317"`, `"[::1]:4317"`, port 0 for any free
+/// port); `""` turns the listener off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Listen(pub Option<std::net::SocketAddr>);
+
+impl Listen {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t.is_empty() {
+            return Ok(Self(None));
+        }
+        t.parse().map(|a| Self(Some(a))).map_err(|_| {
+            format!("{s:?} is not an address like \"127.0.0.1:4317\" (or \"\" to turn it off)")
+        })
+    }
+
+    /// The address, or `None` when off.
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.0
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Serialize for Listen {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Listen::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::Listen;
+
+    #[test]
+    fn parses_addresses_and_off() {
+        assert_eq!(
+            Listen::parse("127.0.0.1:4317").unwrap().addr(),
+            Some("127.0.0.1:4317".parse().unwrap())
+        );
+        assert_eq!(Listen::parse("[::1]:0").unwrap().to_string(), "[::1]:0");
+        assert!(Listen::parse("").unwrap().is_off());
+        assert_eq!(Listen::parse("").unwrap().to_string(), "");
+        let e = Listen::parse("localhost").unwrap_err();
+        assert!(e.contains("\"localhost\" is not an address"), "{e}");
+    }
+}
