@@ -43,7 +43,25 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::process::Removed;
+/// Spans the processors took out of a request, by why (in `accepted` and
+/// `discarded` entries; the pipeline in `process/` fills it in).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sampled: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub filtered: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Removed {
+    pub fn total(&self) -> u64 {
+        self.sampled + self.filtered
+    }
+}
 
 /// One line of the ledger.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

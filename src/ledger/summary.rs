@@ -406,7 +406,7 @@ pub fn settled_ranges(entries: &[Entry], destination: &str) -> Vec<(u64, u64)> {
     merged
 }
 
-fn add_removed(to: &mut BTreeMap<String, u64>, r: &crate::process::Removed) {
+fn add_removed(to: &mut BTreeMap<String, u64>, r: &super::Removed) {
     for (why, n) in [("sampled", r.sampled), ("filtered", r.filtered)] {
         if n > 0 {
             *to.entry(why.to_string()).or_default() += n;

@@ -25,30 +25,11 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
-use serde::{Deserialize, Serialize};
 
 use crate::config::ProcessorConfig;
+pub use crate::ledger::Removed;
 use crate::metrics::Metrics;
 use crate::status::Rejection;
-
-/// Spans a pipeline took out of a request, by why.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Removed {
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub sampled: u64,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub filtered: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-impl Removed {
-    pub fn total(&self) -> u64 {
-        self.sampled + self.filtered
-    }
-}
 
 /// A request after the pipeline.
 pub struct Processed {
@@ -283,7 +264,7 @@ mod tests {
     use crate::config::processors::{FilterConfig, SampleConfig};
 
     fn pipeline(toml_text: &str) -> Pipeline {
-        #[derive(Deserialize)]
+        #[derive(serde::Deserialize)]
         struct P {
             processors: Vec<ProcessorConfig>,
         }
