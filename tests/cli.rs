@@ -252,20 +252,13 @@ fn a_log_written_by_a_newer_format_refuses_the_start_with_exit_2_naming_the_file
     h[60..64].copy_from_slice(&crc.to_le_bytes());
     let seg = wal.join("00000000000000000001.seg");
     std::fs::write(&seg, h).unwrap();
-    let port = |p| format!("127.0.0.1:{p}");
     let out = tracespool()
         .arg("--data-dir")
         .arg(&data)
         .arg("run")
-        .env(
-            "TRACESPOOL__RECEIVERS__OTLP__GRPC",
-            port(support::free_port()),
-        )
-        .env(
-            "TRACESPOOL__RECEIVERS__OTLP__HTTP",
-            port(support::free_port()),
-        )
-        .env("TRACESPOOL__ADMIN__LISTEN", port(support::free_port()))
+        .env("TRACESPOOL__RECEIVERS__OTLP__GRPC", "127.0.0.1:0")
+        .env("TRACESPOOL__RECEIVERS__OTLP__HTTP", "127.0.0.1:0")
+        .env("TRACESPOOL__ADMIN__LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
-
 /// A destination in a generated config.
 pub struct Dest {
     pub name: String,
@@ -53,8 +51,8 @@ pub struct Spool {
     pub env: Vec<(String, String)>,
 }
 
-/// A config with fixed ports (so clients can reconnect across restarts) and the
-/// given storage settings and destinations.
+/// A config with the given listen addresses (port 0 at first: see
+/// [`Spool::wait_running`]), storage settings and destinations.
 pub fn config(
     data: &Path,
     grpc: SocketAddr,
@@ -77,7 +75,8 @@ pub fn config(
 }
 
 impl Spool {
-    /// A spool in `root` (data in `root/data`) with fresh ports; not started.
+    /// A spool in `root` (data in `root/data`); not started. Its addresses are known
+    /// once it has started.
     pub fn new(root: &Path, storage: &str, dests: &[Dest]) -> Self {
         Self::with_data(root, &root.join("data"), storage, dests)
     }
@@ -85,9 +84,10 @@ impl Spool {
     /// A spool whose config and log are in `root` and whose data directory is
     /// `data` (on a fault filesystem, say); not started.
     pub fn with_data(root: &Path, data: &Path, storage: &str, dests: &[Dest]) -> Self {
-        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // The forwarder binds port 0 and logs what it got: no port picked here and
+        // freed again for someone else to take first.
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (grpc, http, admin) = (any, any, any);
         let data = data.to_path_buf();
         let cfg = root.join("tracespool.toml");
         fs::write(&cfg, config(&data, grpc, http, admin, storage, dests)).unwrap();
@@ -152,6 +152,7 @@ impl Spool {
             let text = fs::read(&self.log).unwrap_or_default();
             let new = String::from_utf8_lossy(&text[offset as usize..]);
             if new.contains("tracespool running") {
+                self.learn_addresses(&new);
                 return self;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -162,6 +163,50 @@ impl Spool {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Takes the addresses the forwarder logged it listens on. After the first start
+    /// (port 0) they are written into the config, so restarts listen where the
+    /// clients already send.
+    fn learn_addresses(&mut self, log: &str) {
+        let mut found = [None; 3];
+        for line in log.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let i = match v["message"].as_str().unwrap_or("") {
+                "OTLP/gRPC receiver listening" => 0,
+                "OTLP/HTTP receiver listening" => 1,
+                m if m.starts_with("admin listener") => 2,
+                _ => continue,
+            };
+            found[i] = v["address"]
+                .as_str()
+                .and_then(|a| a.parse::<SocketAddr>().ok());
+        }
+        let mut text = fs::read_to_string(&self.config).unwrap();
+        for (i, (key, addr)) in [
+            ("grpc", &mut self.grpc),
+            ("http", &mut self.http),
+            ("listen", &mut self.admin),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Some(got) = found[i] else {
+                continue;
+            };
+            if addr.port() == 0 {
+                text = text.replacen(
+                    &format!("{key} = \"{addr}\""),
+                    &format!("{key} = \"{got}\""),
+                    1,
+                );
+                *addr = got;
+            }
+            assert_eq!(*addr, got, "tracespool listens elsewhere than before");
+        }
+        fs::write(&self.config, text).unwrap();
     }
 
     pub fn pid(&self) -> u32 {
@@ -298,10 +343,20 @@ impl Spool {
     }
 
     pub fn grpc_endpoint(&self) -> String {
+        assert_ne!(
+            self.grpc.port(),
+            0,
+            "start the spool before asking its address"
+        );
         format!("http://{}", self.grpc)
     }
 
     pub fn http_endpoint(&self) -> String {
+        assert_ne!(
+            self.http.port(),
+            0,
+            "start the spool before asking its address"
+        );
         format!("http://{}/v1/traces", self.http)
     }
 }
