@@ -14,7 +14,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -72,17 +71,7 @@ impl DeadLetters {
         reason: &str,
     ) -> io::Result<DeadLetter> {
         let dir = self.dir(destination);
-        for d in [&self.root, &dir] {
-            match fs::DirBuilder::new().mode(0o700).create(d) {
-                Ok(()) => {
-                    if let Some(parent) = d.parent() {
-                        fs::File::open(parent)?.sync_all()?;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-        }
+        crate::fsio::ensure_dir(&dir)?;
         let letter = DeadLetter {
             destination: destination.into(),
             seq: record.seq,
@@ -145,7 +134,7 @@ impl DeadLetters {
                 Err(e) => return Err(e),
             }
         }
-        fs::File::open(&dir)?.sync_all()
+        crate::fsio::sync_dir(&dir)
     }
 
     /// The payload of a dead letter.

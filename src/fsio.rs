@@ -18,30 +18,12 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> 
     f.write_all(bytes)?;
     f.sync_all()?;
     fs::rename(&tmp, dir.join(name))?;
-    fs::File::open(dir)?.sync_all()
+    sync_dir(dir)
 }
 
 /// Creates `dir` and any missing parents (owner-only), syncing each parent after
-/// the entry it gained: a power loss cannot take back a directory created here.
-pub fn ensure_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::File::open(parent)?.sync_all()?;
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(parent) = dir.parent() {
-                ensure_dir(parent)?;
-            }
-            ensure_dir(dir)
-        }
-        Err(e) => Err(e),
-    }
-}
+/// the entry it gained — the log's own helper.
+pub use tracespool_storage::{available_bytes, ensure_dir, sync_dir};
 
 /// Syncs the directory holding `path` (a create, rename or unlink in it is then
 /// durable).
@@ -50,5 +32,5 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    fs::File::open(dir)?.sync_all()
+    sync_dir(dir)
 }

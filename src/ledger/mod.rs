@@ -725,7 +725,7 @@ impl Ledger {
         cur.file.sync_all()?;
         let index = cur.index + 1;
         let file = open_append(&self.dir.join(file_name(index)))?;
-        fs::File::open(&self.dir)?.sync_all()?;
+        crate::fsio::sync_dir(&self.dir)?;
         preallocate(&file, self.file_bytes);
         let written = cur.written;
         *cur = Current {

@@ -32,9 +32,7 @@ pub struct Reserve {
 }
 
 fn available(dir: &Path) -> u64 {
-    rustix::fs::statvfs(dir)
-        .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
-        .unwrap_or(0)
+    crate::fsio::available_bytes(dir).unwrap_or(0)
 }
 
 /// Bytes allocated to the file at `path` (0 if there is none).

@@ -46,6 +46,9 @@ pub use config::{FsyncPolicy, WalConfig, WhenFull, GIB, MIB};
 pub use cursor::{Ack, Cursor, MAX_PERSISTED_RANGES};
 pub use error::{AppendError, CursorError, FullReason, OpenError, ReadError};
 pub use format::{Codec, MAX_KEY_LEN};
+/// Durable directory creation and sync, and free space: the appliance's own files
+/// (ledger, state, dead letters) use the same helpers as the log.
+pub use fsutil::{available_bytes, ensure_dir, sync_dir};
 pub use reader::Reader;
 pub use types::{
     Appended, CursorLoss, CursorStart, EventHook, Eviction, Gap, GapCause, LostRange, NewRecord,
