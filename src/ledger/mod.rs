@@ -322,6 +322,19 @@ struct Current {
     written: u64,
 }
 
+impl Current {
+    /// Goes on in `file` (empty), the ledger's file number `index`.
+    fn switch_to(&mut self, file: File, index: u64) {
+        *self = Current {
+            file,
+            index,
+            len: 0,
+            needs_newline: false,
+            written: self.written,
+        };
+    }
+}
+
 pub struct Ledger {
     dir: PathBuf,
     file_bytes: u64,
@@ -602,14 +615,7 @@ impl Ledger {
                 return false;
             }
         };
-        let written = cur.written;
-        *cur = Current {
-            file,
-            index,
-            len: 0,
-            needs_newline: false,
-            written,
-        };
+        cur.switch_to(file, index);
         true
     }
 
@@ -727,14 +733,7 @@ impl Ledger {
         let file = open_append(&self.dir.join(file_name(index)))?;
         crate::fsio::sync_dir(&self.dir)?;
         preallocate(&file, self.file_bytes);
-        let written = cur.written;
-        *cur = Current {
-            file,
-            index,
-            len: 0,
-            needs_newline: false,
-            written,
-        };
+        cur.switch_to(file, index);
         // Within the share of the disk budget: drop the oldest files.
         let mut all = files(&self.dir)?;
         let mut total: u64 = all
