@@ -28,8 +28,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracespool_storage::{Cursor, CursorStart, EventHook, Wal, WalEvent};
+use tracespool_storage::{Cursor, CursorStart, Wal, WalEvent};
 
+use crate::accounting::Accounts;
 use crate::admin::{self, Readiness};
 use crate::config::Config;
 use crate::deadletter::DeadLetters;
@@ -156,7 +157,8 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
     for r in ledger.take_repairs() {
         let _ = ledger.write(&r);
     }
-    let hook = loss_hook(ledger.clone(), metrics.clone());
+    let accounts = Arc::new(Accounts::new(ledger.clone(), metrics.clone()));
+    let hook = accounts.hook();
 
     let wal_cfg = cfg.wal_config();
     let (wal, report) =
@@ -319,11 +321,9 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         Ingest::new(
             wal.clone(),
             dedup.clone(),
-            otlp.retry_after.0,
-            metrics.clone(),
-            ledger.clone(),
+            accounts.clone(),
             ready.clone(),
-            crate::receiver::auth::Auth::new(&otlp.auth),
+            otlp,
         )
         .with_pipeline(pipeline),
     );
@@ -382,7 +382,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         tracing::info!(address = %local(&l), transport = scheme, "OTLP/HTTP receiver listening");
         let rx = server::Receiver {
             name: "http",
-            router: http::router(ingest.clone(), max_req, max_dec),
+            router: http::router(ingest.clone(), max_req),
             tls: tls.clone(),
             limits: limits.clone(),
             metrics: metrics.clone(),
@@ -432,8 +432,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
             instance_id: instance_id.clone(),
             dead_letters: dead_letters.clone(),
             status,
-            metrics: metrics.clone(),
-            ledger: ledger.clone(),
+            accounts: accounts.clone(),
         };
         workers.spawn(worker.run(workers_stop.clone()));
     }
@@ -659,97 +658,6 @@ fn local(l: &TcpListener) -> String {
     l.local_addr().map(|a| a.to_string()).unwrap_or_default()
 }
 
-/// The loss hook: every eviction, damaged range, quarantine and seq skip goes into
-/// the ledger (and evictions into the metrics) before it takes effect on disk, and
-/// durably where the change itself is durable (an unlinked segment, a moved file).
-/// An error tells the log the change must wait (an eviction is then refused).
-fn loss_hook(ledger: Arc<Ledger>, metrics: Arc<Metrics>) -> EventHook {
-    Arc::new(move |event: &WalEvent| -> Result<(), String> {
-        let write = |e: &Entry| ledger.write(e).map_err(|e| format!("audit ledger: {e}"));
-        let sync = || {
-            ledger
-                .sync()
-                .map_err(|e| format!("syncing the audit ledger: {e}"))
-        };
-        match event {
-            WalEvent::Evicted(e) => {
-                let t = now_ms();
-                if e.per_cursor.is_empty() && e.undelivered_records > 0 {
-                    // No destination at all: lost for everyone.
-                    write(&Entry::Dropped {
-                        t,
-                        reason: "drop_oldest".into(),
-                        destination: None,
-                        first_seq: e.first_seq,
-                        last_seq: e.last_seq,
-                        spans: Some(e.undelivered_spans),
-                    })?;
-                }
-                for loss in &e.per_cursor {
-                    for &(first, last) in &loss.ranges {
-                        write(&Entry::Dropped {
-                            t,
-                            reason: "drop_oldest".into(),
-                            destination: Some(loss.cursor.clone()),
-                            first_seq: first,
-                            last_seq: last,
-                            spans: None,
-                        })?;
-                    }
-                }
-                sync()?;
-                for loss in &e.per_cursor {
-                    metrics.dropped("drop_oldest", &loss.cursor, loss.records, loss.spans);
-                }
-                Ok(())
-            }
-            WalEvent::Damaged(l) => write(&Entry::Damaged {
-                t: now_ms(),
-                first_seq: l.first_seq,
-                last_seq: l.last_seq,
-                segment: l.segment,
-                offset: l.offset,
-                spans: l.spans,
-                detail: l.reason.clone(),
-            }),
-            WalEvent::Quarantined(q) => {
-                write(&Entry::Quarantined {
-                    t: now_ms(),
-                    segment: q.segment.unwrap_or(0),
-                    first_seq: q.first_seq,
-                    last_seq: q.last_seq,
-                    bytes: q.bytes,
-                    file: q.file.display().to_string(),
-                    reason: q.reason.clone(),
-                })?;
-                sync()
-            }
-            WalEvent::Skipped(k) => {
-                write(&Entry::SeqsSkipped {
-                    t: now_ms(),
-                    first_seq: k.first_seq,
-                    last_seq: k.last_seq,
-                    may_hold_acknowledged: k.may_hold_acknowledged,
-                    reason: k.reason.clone(),
-                })?;
-                sync()
-            }
-            WalEvent::NotDurable(l) => {
-                write(&Entry::Dropped {
-                    t: now_ms(),
-                    reason: "not_durable".into(),
-                    destination: None,
-                    first_seq: l.first_seq,
-                    last_seq: l.last_seq,
-                    spans: l.spans,
-                })?;
-                sync()
-            }
-            WalEvent::Deleting(_) => sync(),
-        }
-    })
-}
-
 fn state_now(
     instance_id: &str,
     wal: &Wal,
@@ -826,76 +734,9 @@ async fn write_state(
     }
 }
 
-/// Logs every loss the log reports (evictions under `drop_oldest`, damage found while
-/// reading), with seq ranges and span counts.
+/// Logs every loss the log reports, after the hook recorded it.
 async fn log_events(mut events: tokio::sync::mpsc::UnboundedReceiver<WalEvent>) {
     while let Some(event) = events.recv().await {
-        match event {
-            WalEvent::Evicted(e) => {
-                if e.undelivered_records == 0 {
-                    tracing::info!(
-                        first_seq = e.first_seq,
-                        last_seq = e.last_seq,
-                        "retained delivered segment deleted to make room"
-                    );
-                    continue;
-                }
-                tracing::warn!(
-                    reason = "drop_oldest",
-                    first_seq = e.first_seq,
-                    last_seq = e.last_seq,
-                    dropped_records = e.undelivered_records,
-                    dropped_spans = e.undelivered_spans,
-                    "spool full: spans dropped (when_full = drop_oldest)"
-                );
-                for c in &e.per_cursor {
-                    tracing::warn!(
-                        reason = "drop_oldest",
-                        destination = %c.cursor,
-                        first_seq = e.first_seq,
-                        last_seq = e.last_seq,
-                        dropped_records = c.records,
-                        dropped_spans = c.spans,
-                        "spans dropped before delivery to this destination"
-                    );
-                }
-            }
-            WalEvent::Damaged(l) => log_damage(&l),
-            WalEvent::NotDurable(l) => tracing::error!(
-                reason = "not_durable",
-                first_seq = l.first_seq,
-                last_seq = l.last_seq,
-                detail = %l.reason,
-                "acknowledged spans lost: a failed fdatasync (fsync is not always)"
-            ),
-            WalEvent::Skipped(k) => tracing::warn!(
-                first_seq = k.first_seq,
-                last_seq = k.last_seq,
-                may_hold_acknowledged = k.may_hold_acknowledged,
-                reason = %k.reason,
-                "seqs skipped at start"
-            ),
-            WalEvent::Quarantined(q) => tracing::warn!(
-                file = %q.file.display(),
-                bytes = q.bytes,
-                reason = %q.reason,
-                "moved to quarantine"
-            ),
-            WalEvent::Deleting(_) => {}
-        }
+        Accounts::log(&event);
     }
-}
-
-fn log_damage(l: &tracespool_storage::LostRange) {
-    tracing::error!(
-        reason = "corruption",
-        first_seq = l.first_seq,
-        last_seq = l.last_seq,
-        records = l.records(),
-        spans = ?l.spans,
-        segment = l.segment,
-        offset = l.offset,
-        detail = %l.reason,
-        "spans lost to a damaged spool segment"
-    );
 }

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::otlp::json::json_to_protobuf;
 use crate::otlp::wire::inspect_trace_request;
 use crate::process::Pipeline;
-use crate::receiver::http::gunzip;
+use crate::receiver::gunzip;
 use crate::status::Rejection;
 
 /// Every processor type, with every redaction pattern.

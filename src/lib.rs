@@ -6,7 +6,8 @@
 //! | module       | what it holds                                                        |
 //! |--------------|----------------------------------------------------------------------|
 //! | [`config`]   | typed configuration: file, environment overrides, OTEL variables     |
-//! | [`receiver`] | OTLP/gRPC and OTLP/HTTP receivers and the shared ingest step         |
+//! | [`receiver`] | the receivers translate wire formats; `Ingest::receive` does the rest |
+//! | [`accounting`] | every audited event: its ledger entry, metrics and log line, once   |
 //! | [`status`]   | how refusals become gRPC and HTTP statuses (one place)               |
 //! | [`otlp`]     | protobuf check without decoding, JSON conversion, pass-through codec |
 //! | [`dedup`]    | idempotency keys seen within the window, crash-consistent            |
@@ -22,6 +23,7 @@
 //!
 //! The write-ahead log itself is the `tracespool-storage` crate in `storage/`.
 
+pub mod accounting;
 pub mod admin;
 pub mod app;
 pub mod cli;

@@ -4,7 +4,7 @@
 //!
 //! | metric | labels | what |
 //! |---|---|---|
-//! | `tracespool_receiver_requests_total` | protocol, outcome | requests by outcome: accepted, duplicate, invalid, too_large, unsupported_media, full, in_flight, unavailable |
+//! | `tracespool_receiver_requests_total` | protocol, outcome | requests by outcome: accepted, duplicate, abandoned (the client left before the answer), invalid, too_large, unsupported_media, full, in_flight, unavailable, unauthenticated, timed_out |
 //! | `tracespool_spans_received_total` | protocol | spans in valid requests |
 //! | `tracespool_spans_persisted_total` | | spans durable in the log |
 //! | `tracespool_spans_delivered_total` | destination | spans a backend accepted |
@@ -119,14 +119,9 @@ fn histogram() -> Histogram {
 }
 
 pub const PROTOCOLS: [&str; 3] = ["grpc", "http/protobuf", "http/json"];
-/// Outcomes of a receiver request besides the refusals ([`Rejection::KINDS`]).
-///
-/// [`Rejection::KINDS`]: crate::status::Rejection::KINDS
-pub const RECEIVER_SUCCESSES: [&str; 2] = ["accepted", "duplicate"];
 pub const RECEIVERS: [&str; 2] = ["grpc", "http"];
 pub const CONNECTION_OUTCOMES: [&str; 4] = ["accepted", "over_limit", "tls_failed", "timed_out"];
 pub const EXPORT_OUTCOMES: [&str; 4] = ["success", "retryable", "permanent", "auth"];
-pub const DROP_REASONS: [&str; 3] = ["drop_oldest", "corruption", "dead_letter"];
 
 /// The metrics, shared by everything that updates them.
 pub struct Metrics {
@@ -314,7 +309,7 @@ impl Metrics {
         // alerts see them before the first event.
         for protocol in PROTOCOLS {
             let _ = m.spans_received.get_or_create(&ProtocolLabel { protocol });
-            for outcome in RECEIVER_SUCCESSES
+            for outcome in crate::accounting::Intake::SUCCESSES
                 .into_iter()
                 .chain(crate::status::Rejection::KINDS)
             {
@@ -353,9 +348,9 @@ impl Metrics {
                     outcome,
                 });
             }
-            for reason in DROP_REASONS {
+            for reason in crate::accounting::DropReason::ALL {
                 let label = ReasonDestination {
-                    reason,
+                    reason: reason.as_str(),
                     destination: d.clone(),
                 };
                 let _ = m.spans_dropped.get_or_create(&label);

@@ -59,7 +59,7 @@ fn seeds_exercise_the_checks_past_the_first_gate() {
         read("otlp_protobuf/pii"),
         "the SDK JSON converts to the SDK protobuf"
     );
-    let out = tracespool::receiver::http::gunzip(&read("gzip/pii"), 1 << 20).unwrap();
+    let out = tracespool::receiver::gunzip(&read("gzip/pii"), 1 << 20).unwrap();
     assert_eq!(out[..], read("otlp_protobuf/pii")[..]);
     let seg = tracespool_storage::offline::scan_segment(
         &read("wal_segment/forwarder-7-records"),

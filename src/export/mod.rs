@@ -24,7 +24,8 @@
 //! Gaps the reader reports (records evicted by `drop_oldest`, damaged, or seqs
 //! skipped after an unclean stop) are acknowledged so the cursor moves on, once the
 //! ledger entry that explains them is durable; the losses themselves are counted
-//! and logged where the log reports them (see `app.rs`).
+//! and logged where the log reports them ([`crate::accounting`]). Every outcome's
+//! ledger entry, metrics and log line are written by [`Accounts`].
 
 pub mod client;
 pub mod retry;
@@ -39,10 +40,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracespool_storage::{Cursor, GapCause, ReadItem, Record};
 
+use crate::accounting::Accounts;
 use crate::config::DestinationConfig;
 use crate::deadletter::DeadLetters;
-use crate::ledger::{now_ms, Entry, Ledger};
-use crate::metrics::{DestinationOutcome, Metrics};
+use crate::ledger::now_ms;
+use crate::metrics::DestinationOutcome;
 use crate::otlp::CODEC_OTLP_TRACES_PROTOBUF;
 use crate::throttle::Throttle;
 use client::{Client, Sent};
@@ -63,8 +65,7 @@ pub struct Worker {
     pub instance_id: String,
     pub dead_letters: DeadLetters,
     pub status: Arc<DestinationStatus>,
-    pub metrics: Arc<Metrics>,
-    pub ledger: Arc<Ledger>,
+    pub accounts: Arc<Accounts>,
 }
 
 /// Transient failures are logged at most this often per destination (each auth
@@ -109,7 +110,7 @@ impl Worker {
                 Ok(ReadItem::Gap(gap)) => {
                     match &gap.cause {
                         // Evictions are counted and written to the ledger when
-                        // they happen (see app.rs).
+                        // they happen (`Accounts::hook`).
                         GapCause::NotRetained => tracing::debug!(
                             destination = %this.name,
                             first_seq = gap.first_seq,
@@ -123,29 +124,12 @@ impl Worker {
                             "skipping seqs the log never assigned"
                         ),
                         GapCause::Damaged(lost) => {
-                            let records = gap.last_seq - gap.first_seq + 1;
-                            // Span counts are known when the damaged records' headers
-                            // were intact and this reader skips the whole range.
-                            let spans = lost
-                                .spans
-                                .filter(|_| records == lost.records())
-                                .unwrap_or(0);
-                            this.metrics
-                                .dropped("corruption", &this.name, records, spans);
-                            tracing::error!(
-                                destination = %this.name,
-                                first_seq = gap.first_seq,
-                                last_seq = gap.last_seq,
-                                segment = lost.segment,
-                                offset = lost.offset,
-                                reason = %lost.reason,
-                                "skipping damaged records"
-                            );
+                            this.accounts.skipped_damage(&this.name, &gap, lost)
                         }
                     }
                     // The entry explaining the gap (written when the log reported it)
                     // is durable before the cursor moves past it.
-                    let ledger = this.ledger.clone();
+                    let ledger = this.accounts.ledger().clone();
                     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || ledger.sync()).await {
                         tracing::error!(destination = %this.name, error = %e, "cannot sync the audit ledger; the gap is acknowledged later");
                     } else {
@@ -175,12 +159,17 @@ impl Worker {
         }
     }
 
-    /// Writes a ledger entry, trying again (logged) until the disk takes it: the
-    /// state change it records waits for it. False if stopped meanwhile.
-    async fn record(&self, entry: &Entry, stop: &CancellationToken) -> bool {
+    /// Records an outcome through `write` (an [`Accounts`] method writing its
+    /// ledger entry), trying again (logged) until the disk takes it: the state
+    /// change it records waits for it. False if stopped meanwhile.
+    async fn record(
+        &self,
+        write: impl Fn() -> std::io::Result<()>,
+        stop: &CancellationToken,
+    ) -> bool {
         let mut wait = Duration::from_millis(100);
         loop {
-            match self.ledger.write(entry) {
+            match write() {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::error!(destination = %self.name, error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write the audit ledger; the record stays in flight until it can");
@@ -202,7 +191,7 @@ impl Worker {
         let seq = record.seq;
         let mut wait = Duration::from_millis(100);
         loop {
-            let (ledger, cursor) = (self.ledger.clone(), self.cursor.clone());
+            let (ledger, cursor) = (self.accounts.ledger().clone(), self.cursor.clone());
             let r =
                 tokio::task::spawn_blocking(move || -> Result<tracespool_storage::Ack, String> {
                     ledger
@@ -218,17 +207,8 @@ impl Worker {
             match r {
                 Ok(ack) => {
                     if ack.after_eviction {
-                        self.metrics
-                            .spans_delivered_after_eviction
-                            .get_or_create(&self.metrics.dest(&self.name))
-                            .inc_by(record.span_count as u64);
-                        tracing::info!(
-                            destination = %self.name,
-                            seq,
-                            spans = record.span_count,
-                            outcome = how,
-                            "evicted record was not dropped after all: it was in flight and completed"
-                        );
+                        self.accounts
+                            .completed_after_eviction(&self.name, record, how);
                     }
                     return;
                 }
@@ -245,19 +225,25 @@ impl Worker {
     }
 
     fn count_attempt(&self, outcome: &'static str, took: Duration, wire: u64) {
-        let dest = self.metrics.dest(&self.name);
-        self.metrics
+        let dest = self.accounts.metrics().dest(&self.name);
+        self.accounts
+            .metrics()
             .export_requests
             .get_or_create(&DestinationOutcome {
                 destination: self.name.clone(),
                 outcome,
             })
             .inc();
-        self.metrics
+        self.accounts
+            .metrics()
             .export_duration
             .get_or_create(&dest)
             .observe(took.as_secs_f64());
-        self.metrics.egress_bytes.get_or_create(&dest).inc_by(wire);
+        self.accounts
+            .metrics()
+            .egress_bytes
+            .get_or_create(&dest)
+            .inc_by(wire);
     }
 
     fn failed(&self, reason: &str) {
@@ -290,18 +276,14 @@ impl Worker {
             let wait = match sent {
                 Sent::Ok { rejected, message } => {
                     self.count_attempt("success", took, wire);
-                    let dest = self.metrics.dest(&self.name);
-                    self.metrics
-                        .spans_delivered
-                        .get_or_create(&dest)
-                        .inc_by(record.span_count as u64);
                     self.status
                         .last_success_ms
                         .store(now_ms(), Ordering::Relaxed);
                     if rejected > 0 || !message.is_empty() {
-                        self.metrics
+                        let metrics = self.accounts.metrics();
+                        metrics
                             .spans_rejected_by_backend
-                            .get_or_create(&dest)
+                            .get_or_create(&metrics.dest(&self.name))
                             .inc_by(rejected.max(0) as u64);
                         tracing::warn!(
                             destination = %self.name,
@@ -311,18 +293,9 @@ impl Worker {
                             "backend accepted the batch partially"
                         );
                     }
-                    tracing::debug!(destination = %self.name, seq, spans = record.span_count, attempts = attempt, "exported");
                     // The ledger hears of it before the cursor moves past it.
-                    let entry = Entry::Delivered {
-                        t: now_ms(),
-                        destination: self.name.clone(),
-                        first_seq: seq,
-                        last_seq: seq,
-                        spans: record.span_count as u64,
-                        attempts: attempt,
-                        by: None,
-                    };
-                    if self.record(&entry, stop).await {
+                    let delivered = || self.accounts.delivered(&self.name, &record, attempt);
+                    if self.record(delivered, stop).await {
                         self.commit(&record, "delivered", stop).await;
                     }
                     return;
@@ -381,9 +354,10 @@ impl Worker {
                 self.ack(seq, seq);
                 return;
             }
-            self.metrics
+            self.accounts
+                .metrics()
                 .export_retries
-                .get_or_create(&self.metrics.dest(&self.name))
+                .get_or_create(&self.accounts.metrics().dest(&self.name))
                 .inc();
         }
     }
@@ -422,29 +396,11 @@ impl Worker {
             }
             wait = (wait * 2).min(Duration::from_secs(10));
         }
-        self.metrics
-            .dead_letters
-            .get_or_create(&self.metrics.dest(&self.name))
-            .inc();
-        self.metrics
-            .dropped("dead_letter", &self.name, 1, record.span_count as u64);
-        tracing::error!(
-            destination = %self.name,
-            seq = record.seq,
-            spans = record.span_count,
-            attempts,
-            reason = %reason,
-            "destination refused the batch permanently; kept as a dead letter"
-        );
-        let entry = Entry::DeadLettered {
-            t: now_ms(),
-            destination: self.name.clone(),
-            seq: record.seq,
-            spans: record.span_count,
-            attempts,
-            status: reason.to_string(),
+        let recorded = || {
+            self.accounts
+                .dead_lettered(&self.name, record, attempts, reason)
         };
-        if self.record(&entry, stop).await {
+        if self.record(recorded, stop).await {
             self.commit(record, "dead_letter", stop).await;
         }
     }

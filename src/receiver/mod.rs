@@ -1,6 +1,9 @@
-//! Receiving: both OTLP receivers hand a checked request to [`Ingest`], which
-//! deduplicates it by idempotency key, appends it to the log, and answers only once
-//! the record is durable. Receivers never talk to exporters; they meet in the log.
+//! Receiving: the OTLP/gRPC and OTLP/HTTP receivers only translate their wire
+//! format into a [`Request`]; [`Ingest::receive`] does the rest — authenticate,
+//! check the key, read and inflate the body, decode, deduplicate, process, append —
+//! and answers only once the record is durable. What became of each request is
+//! recorded once, by [`crate::accounting`]. Refusals become statuses in
+//! [`crate::status`] alone. Receivers never talk to exporters; they meet in the log.
 
 pub mod auth;
 pub mod grpc;
@@ -8,23 +11,29 @@ pub mod http;
 pub mod server;
 pub mod tls;
 
+use std::future::Future;
+use std::io::Read;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tracespool_storage::{AppendError, NewRecord, Wal, MAX_KEY_LEN};
 
+use crate::accounting::{Accounts, Intake, RequestOutcome, Stored};
 use crate::admin::Readiness;
+use crate::config::OtlpReceiverConfig;
 use crate::dedup::{Begin, Dedup};
-use crate::ledger::{ms, now_ms, Entry, Ledger};
-use crate::metrics::{Metrics, ProtocolLabel};
+use crate::ledger::Removed;
+use crate::otlp::json::json_to_protobuf;
+use crate::otlp::wire::inspect_trace_request;
 use crate::otlp::CODEC_OTLP_TRACES_PROTOBUF;
 use crate::process::Pipeline;
 pub use crate::status::Rejection;
 use crate::throttle::Throttle;
 
-/// Where a request came from, for logs.
+/// Where a request came from, and so how its body is encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     Grpc,
@@ -42,19 +51,37 @@ impl Source {
     }
 }
 
-/// A checked request, ready to store.
-pub struct Batch {
-    /// The `ExportTraceServiceRequest` in protobuf, as the client sent it (or as
-    /// converted from JSON).
-    pub protobuf: Bytes,
-    pub spans: u32,
-    pub key: Option<Bytes>,
+/// A request body as the receiver reads it off the connection: bounded by the
+/// wire limit, still compressed. Polled only once the request is authenticated and
+/// its key is valid, so an unauthenticated client never has its body read.
+pub type Body = Pin<Box<dyn Future<Output = Result<Bytes, Rejection>> + Send>>;
+
+/// How a body is compressed on the wire (gRPC bodies arrive inflated by the codec).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+/// One OTLP export request, translated from its wire format by a receiver.
+pub struct Request {
     pub source: Source,
     pub peer: Option<SocketAddr>,
     /// When the request started arriving (for the ack-latency histogram).
     pub started: Instant,
-    /// Who sent it, when receivers authenticate.
-    pub tenant: Option<String>,
+    /// The `authorization` header or metadata entry.
+    pub authorization: Option<Bytes>,
+    /// The `idempotency-key` header or metadata entry.
+    pub idempotency_key: Option<Bytes>,
+    pub compression: Compression,
+    pub body: Body,
+}
+
+impl Request {
+    /// A body that is already read (or a refusal found while translating it).
+    pub fn ready(body: Result<Bytes, Rejection>) -> Body {
+        Box::pin(std::future::ready(body))
+    }
 }
 
 /// A request answered with success.
@@ -66,54 +93,81 @@ pub enum Accepted {
     Duplicate { seq: u64 },
     /// The processors left no span in it (all sampled out or filtered): nothing to
     /// store, and the ledger says why.
-    Discarded,
+    Discarded { removed: Removed },
 }
 
+/// The one way into the log: [`Ingest::receive`] takes a request through
+/// authentication → idempotency key → body → decompression → decoding →
+/// dedup → processors → append, and answers once the record is durable.
 pub struct Ingest {
     wal: Wal,
     dedup: Arc<Dedup>,
-    retry_after: Duration,
-    /// "Spool full" is logged at most once a second.
-    full_warning: Throttle,
-    metrics: Arc<Metrics>,
-    ledger: Arc<Ledger>,
+    accounts: Arc<Accounts>,
     ready: Arc<Readiness>,
     auth: Option<auth::Auth>,
     pipeline: Option<Arc<Pipeline>>,
+    retry_after: Duration,
+    max_decompressed: usize,
+    /// "Spool full" is logged at most once a second.
+    full_warning: Throttle,
 }
 
-/// What a receiver knows of a request, for metrics and the ledger.
-#[derive(Clone, Copy, Debug)]
-pub struct RequestInfo<'a> {
-    pub source: Source,
-    pub peer: Option<SocketAddr>,
-    /// Spans, when the request was valid enough to count them.
-    pub spans: u32,
-    pub bytes: u64,
-    pub key: Option<&'a Bytes>,
-    pub tenant: Option<&'a str>,
+/// Counts one request once, whatever way it ends: settled with its result, or
+/// dropped unsettled (the client went away) as abandoned.
+struct OutcomeGuard<'a> {
+    accounts: &'a Accounts,
+    ready: &'a Readiness,
+    source: Source,
+    peer: Option<SocketAddr>,
+    spans: u32,
+    bytes: u64,
+    key: Option<Bytes>,
+    tenant: Option<String>,
+    result: Option<Result<Accepted, Rejection>>,
+}
+
+impl Drop for OutcomeGuard<'_> {
+    fn drop(&mut self) {
+        let intake = match &self.result {
+            None => Intake::Abandoned,
+            Some(Ok(Accepted::Stored { seq })) => Intake::Stored { seq: *seq },
+            Some(Ok(Accepted::Duplicate { seq })) => Intake::Duplicate { seq: *seq },
+            Some(Ok(Accepted::Discarded { removed })) => Intake::Discarded { removed: *removed },
+            Some(Err(r)) => Intake::Refused(r),
+        };
+        if let Intake::Refused(Rejection::Full { .. }) = intake {
+            self.ready.spool_full();
+        }
+        self.accounts.request(&RequestOutcome {
+            protocol: self.source.as_str(),
+            peer: self.peer,
+            spans: self.spans,
+            bytes: self.bytes,
+            key: self.key.as_ref(),
+            tenant: self.tenant.as_deref(),
+            intake,
+        });
+    }
 }
 
 impl Ingest {
     pub fn new(
         wal: Wal,
         dedup: Arc<Dedup>,
-        retry_after: Duration,
-        metrics: Arc<Metrics>,
-        ledger: Arc<Ledger>,
+        accounts: Arc<Accounts>,
         ready: Arc<Readiness>,
-        auth: Option<auth::Auth>,
+        cfg: &OtlpReceiverConfig,
     ) -> Self {
         Self {
             wal,
             dedup,
-            retry_after,
-            full_warning: Throttle::new(Duration::from_secs(1)),
-            metrics,
-            ledger,
+            accounts,
             ready,
-            auth,
+            auth: auth::Auth::new(&cfg.auth),
             pipeline: None,
+            retry_after: cfg.retry_after.0,
+            max_decompressed: cfg.max_decompressed_bytes.0 as usize,
+            full_warning: Throttle::new(Duration::from_secs(1)),
         }
     }
 
@@ -123,58 +177,70 @@ impl Ingest {
         self
     }
 
-    /// Counts a request's outcome and writes refusals and duplicates to the ledger
-    /// (stored batches are written where they are stored).
-    pub fn outcome(&self, req: RequestInfo<'_>, result: &Result<Accepted, Rejection>) {
-        let protocol = req.source.as_str();
-        let kind = match result {
-            Ok(Accepted::Stored { .. } | Accepted::Discarded) => "accepted",
-            Ok(Accepted::Duplicate { .. }) => "duplicate",
-            Err(r) => r.kind(),
+    /// Takes one request all the way: resolves once it is durable (or known as a
+    /// duplicate, or discarded by the processors), or with why it was refused. It
+    /// is counted, and its refusal written to the ledger, exactly once — also when
+    /// the client goes away before the answer.
+    pub async fn receive(&self, req: Request) -> Result<Accepted, Rejection> {
+        let mut guard = OutcomeGuard {
+            accounts: &self.accounts,
+            ready: &self.ready,
+            source: req.source,
+            peer: req.peer,
+            spans: 0,
+            bytes: 0,
+            key: None,
+            tenant: None,
+            result: None,
         };
-        self.metrics.received(protocol, kind);
-        if req.spans > 0 {
-            self.metrics
-                .spans_received
-                .get_or_create(&ProtocolLabel { protocol })
-                .inc_by(req.spans as u64);
-        }
-        let client = req.peer.map(|p| p.to_string());
-        match result {
-            Ok(Accepted::Stored { .. } | Accepted::Discarded) => {}
-            Ok(Accepted::Duplicate { seq }) => self.ledger.write_or_tally(&Entry::Deduplicated {
-                t: now_ms(),
-                seq: *seq,
-                key: req
-                    .key
-                    .map(|k| String::from_utf8_lossy(k).into_owned())
-                    .unwrap_or_default(),
-                spans: req.spans,
-                client,
-                protocol: protocol.into(),
-                tenant: req.tenant.map(str::to_string),
-            }),
-            Err(r) => {
-                if matches!(r, Rejection::Full { .. }) {
-                    self.ready.spool_full();
+        let result = self.admit(req, &mut guard).await;
+        guard.result = Some(result.clone());
+        result
+    }
+
+    async fn admit(
+        &self,
+        req: Request,
+        seen: &mut OutcomeGuard<'_>,
+    ) -> Result<Accepted, Rejection> {
+        seen.tenant = self.authenticate(req.authorization.as_deref())?;
+        let key = Self::check_key(
+            req.idempotency_key.as_deref().unwrap_or_default(),
+            seen.tenant.as_deref(),
+        )?;
+        seen.key = key.clone();
+        let raw = req.body.await?;
+        seen.bytes = raw.len() as u64;
+        let body = match req.compression {
+            Compression::None => raw,
+            Compression::Gzip => {
+                let limit = self.max_decompressed;
+                if raw.len() > 256 * 1024 {
+                    tokio::task::spawn_blocking(move || gunzip(&raw, limit))
+                        .await
+                        .map_err(|e| Rejection::Unavailable(e.to_string()))??
+                } else {
+                    gunzip(&raw, limit)?
                 }
-                self.ledger.write_or_tally(&Entry::Rejected {
-                    t: now_ms(),
-                    reason: r.kind().into(),
-                    spans: req.spans,
-                    bytes: req.bytes,
-                    client,
-                    protocol: protocol.into(),
-                    detail: r.message(),
-                    tenant: req.tenant.map(str::to_string),
-                });
             }
-        }
+        };
+        let (protobuf, spans) = decode(req.source, body)?;
+        seen.spans = spans;
+        self.store(Batch {
+            protobuf,
+            spans,
+            key,
+            source: req.source,
+            peer: req.peer,
+            started: req.started,
+            tenant: seen.tenant.clone(),
+        })
+        .await
     }
 
     /// With receiver tokens configured: the tenant of the request's bearer token,
     /// or `Unauthenticated`. Without: `None`.
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Option<String>, Rejection> {
+    fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Option<String>, Rejection> {
         match &self.auth {
             None => Ok(None),
             Some(a) => a
@@ -205,19 +271,12 @@ impl Ingest {
         Ok(Some(Bytes::from(scoped)))
     }
 
-    /// Stores a batch; resolves once it is durable (or known as a duplicate).
-    pub async fn store(&self, batch: Batch) -> Result<Accepted, Rejection> {
+    /// Stores a checked batch; resolves once it is durable (or known as a duplicate).
+    async fn store(&self, batch: Batch) -> Result<Accepted, Rejection> {
         let guard = match &batch.key {
             None => None,
             Some(key) => match self.dedup.begin(key) {
-                Begin::Duplicate(seq) => {
-                    tracing::debug!(
-                        seq,
-                        source = batch.source.as_str(),
-                        "duplicate idempotency key; not stored again"
-                    );
-                    return Ok(Accepted::Duplicate { seq });
-                }
+                Begin::Duplicate(seq) => return Ok(Accepted::Duplicate { seq }),
                 Begin::InFlight => return Err(Rejection::InFlight),
                 Begin::New(g) => Some(g),
             },
@@ -236,16 +295,10 @@ impl Ingest {
                         Rejection::Unavailable(format!("processing the request failed: {e}"))
                     })??;
                 if out.spans == 0 && out.removed.total() > 0 {
-                    let _ = self.ledger.write(&Entry::Discarded {
-                        t: ms(received_at),
-                        spans: batch.spans,
-                        removed: out.removed,
-                        client: batch.peer.map(|p| p.to_string()),
-                        protocol: batch.source.as_str().into(),
-                        tenant: batch.tenant,
-                    });
                     drop(guard);
-                    return Ok(Accepted::Discarded);
+                    return Ok(Accepted::Discarded {
+                        removed: out.removed,
+                    });
                 }
                 let removed = Some(out.removed).filter(|r| r.total() > 0);
                 (out.protobuf, out.spans, removed)
@@ -260,40 +313,27 @@ impl Ingest {
         };
         let wal = self.wal.clone();
         let dedup = self.dedup.clone();
-        let ledger = self.ledger.clone();
-        let metrics = self.metrics.clone();
-        let key = batch.key;
+        let accounts = self.accounts.clone();
         let bytes = record.payload.len() as u64;
-        let (protocol, client) = (batch.source.as_str(), batch.peer.map(|p| p.to_string()));
-        let started = batch.started;
-        let tenant = batch.tenant;
         // The append and its bookkeeping run to completion even if the client goes
         // away meanwhile: a stored record always has its ledger entry and its key
         // indexed, before the client hears of it.
         let task = tokio::spawn(async move {
             let result = wal.append(record).await;
             if let Ok(a) = &result {
-                metrics
-                    .append_duration
-                    .observe(started.elapsed().as_secs_f64());
-                metrics.spans_persisted.inc_by(spans as u64);
-                // Not written (a failing disk): the checkpoint does not pass this
-                // seq, and the next start recovers the entry from the log.
-                let _ = ledger.write(&Entry::Accepted {
-                    t: ms(received_at),
+                let _ = accounts.stored(Stored {
                     seq: a.seq,
-                    key: key
-                        .as_ref()
-                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    received_at,
+                    started: batch.started,
+                    key: batch.key.as_ref(),
                     spans,
                     bytes,
-                    client,
-                    protocol: protocol.into(),
-                    recovered: false,
-                    tenant,
+                    peer: batch.peer,
+                    protocol: batch.source.as_str(),
+                    tenant: batch.tenant.as_deref(),
                     removed,
                 });
-                if let Some(key) = &key {
+                if let Some(key) = &batch.key {
                     dedup.record(key, a.seq, received_at);
                 }
                 dedup.done(a.seq);
@@ -302,10 +342,7 @@ impl Ingest {
             result
         });
         match task.await {
-            Ok(Ok(a)) => {
-                tracing::trace!(seq = a.seq, spans, source = batch.source.as_str(), peer = ?batch.peer, "stored");
-                Ok(Accepted::Stored { seq: a.seq })
-            }
+            Ok(Ok(a)) => Ok(Accepted::Stored { seq: a.seq }),
             Ok(Err(e)) => Err(self.rejection(e)),
             Err(e) => Err(Rejection::Unavailable(format!(
                 "storing the request failed: {e}"
@@ -329,5 +366,363 @@ impl Ingest {
                 Rejection::Unavailable(e.to_string())
             }
         }
+    }
+}
+
+/// A request checked and decoded, ready to store.
+struct Batch {
+    /// The `ExportTraceServiceRequest` in protobuf, as the client sent it (or as
+    /// converted from JSON).
+    protobuf: Bytes,
+    spans: u32,
+    key: Option<Bytes>,
+    source: Source,
+    peer: Option<SocketAddr>,
+    started: Instant,
+    tenant: Option<String>,
+}
+
+/// The request in protobuf and its span count: protobuf is checked without being
+/// decoded (and stored as sent), JSON is converted once.
+fn decode(source: Source, body: Bytes) -> Result<(Bytes, u32), Rejection> {
+    match source {
+        Source::Grpc | Source::HttpProtobuf => {
+            let summary =
+                inspect_trace_request(&body).map_err(|e| Rejection::Invalid(e.to_string()))?;
+            Ok((body, summary.spans))
+        }
+        Source::HttpJson => {
+            let (pb, summary) = json_to_protobuf(&body).map_err(Rejection::Invalid)?;
+            Ok((Bytes::from(pb), summary.spans))
+        }
+    }
+}
+
+/// Inflates a gzip body, refusing to produce more than `limit` bytes. Memory is
+/// bounded by the limit: the output grows in steps, never past `limit`, and a bomb
+/// is refused as soon as it crosses it.
+pub fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, Rejection> {
+    let mut out: Vec<u8> = Vec::with_capacity((raw.len() * 4).min(limit));
+    let mut decoder = flate2::read::MultiGzDecoder::new(raw);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = decoder
+            .read(&mut chunk)
+            .map_err(|e| Rejection::Invalid(format!("invalid gzip body: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if out.len() + n > limit {
+            return Err(Rejection::TooLarge(format!(
+                "request decompresses to more than receivers.otlp.max_decompressed_bytes ({limit})"
+            )));
+        }
+        if out.capacity() < out.len() + n {
+            let want = (out.capacity() * 2).max(out.len() + n).min(limit);
+            out.reserve_exact(want - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn gunzip_bounds_output_and_reports_truncation() {
+        let data = vec![7u8; 100_000];
+        let z = gz(&data);
+        assert_eq!(&gunzip(&z, 100_000).unwrap()[..], &data[..]);
+        assert!(matches!(gunzip(&z, 99_999), Err(Rejection::TooLarge(_))));
+        let e = gunzip(&z[..z.len() / 2], 1 << 20).unwrap_err();
+        assert!(
+            matches!(&e, Rejection::Invalid(m) if m.starts_with("invalid gzip body")),
+            "{e:?}"
+        );
+    }
+
+    // ---- Ingest::receive, in process: a real log, ledger and metrics ----
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+    use tracespool_storage::WalConfig;
+
+    use crate::config::TokenConfig;
+    use crate::ledger::{self, Entry, Ledger};
+    use crate::metrics::Metrics;
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        ledger_dir: std::path::PathBuf,
+        ingest: Ingest,
+        ledger: Arc<Ledger>,
+        metrics: Arc<Metrics>,
+        wal: Wal,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = Wal::open(WalConfig::new(dir.path().join("spool"))).unwrap();
+        let dedup = Dedup::open(&wal, Duration::from_secs(600), 1000).unwrap();
+        let ledger_dir = dir.path().join("ledger");
+        let ledger = Arc::new(Ledger::open(&ledger_dir, 1 << 20, 8 << 20, 0).unwrap());
+        let metrics = Metrics::new(&[]);
+        let accounts = Arc::new(Accounts::new(ledger.clone(), metrics.clone()));
+        let mut cfg = OtlpReceiverConfig::default();
+        cfg.auth.tokens = vec![TokenConfig {
+            tenant: "shop".into(),
+            resolved: "s3cret".into(),
+            ..Default::default()
+        }];
+        let ingest = Ingest::new(
+            wal.clone(),
+            dedup,
+            accounts,
+            Arc::new(Readiness::default()),
+            &cfg,
+        );
+        Rig {
+            _dir: dir,
+            ledger_dir,
+            ingest,
+            ledger,
+            metrics,
+            wal,
+        }
+    }
+
+    impl Rig {
+        fn entries(&self) -> Vec<Entry> {
+            self.ledger.sync().unwrap();
+            ledger::read_all(&self.ledger_dir).unwrap()
+        }
+
+        /// The value of a `tracespool_receiver_requests_total` series.
+        fn requests(&self, protocol: &str, outcome: &str) -> u64 {
+            let want = format!("protocol=\"{protocol}\",outcome=\"{outcome}\"");
+            let text = self.metrics.render();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("tracespool_receiver_requests_total{") && l.contains(&want))
+                .unwrap_or_else(|| panic!("no series {want}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        }
+    }
+
+    fn spans(n: usize) -> Bytes {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: (0..n)
+                        .map(|i| Span {
+                            trace_id: vec![7; 16],
+                            span_id: vec![i as u8 + 1; 8],
+                            name: format!("span {i}"),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        Bytes::from(request.encode_to_vec())
+    }
+
+    fn request(auth: Option<&str>, key: Option<&str>, body: Body) -> Request {
+        Request {
+            source: Source::Grpc,
+            peer: None,
+            started: Instant::now(),
+            authorization: auth.map(|t| Bytes::from(format!("Bearer {t}"))),
+            idempotency_key: key.map(|k| Bytes::from(k.to_string())),
+            compression: Compression::None,
+            body,
+        }
+    }
+
+    /// A body that records whether anyone read it.
+    fn watched(bytes: Bytes) -> (Body, Arc<AtomicBool>) {
+        let read = Arc::new(AtomicBool::new(false));
+        let flag = read.clone();
+        let body: Body = Box::pin(async move {
+            flag.store(true, Ordering::SeqCst);
+            Ok(bytes)
+        });
+        (body, read)
+    }
+
+    #[tokio::test]
+    async fn each_request_is_counted_and_written_once_and_refusals_before_the_body_never_read_it() {
+        let r = rig();
+        // No token: refused before the body is read.
+        let (body, read) = watched(spans(3));
+        let got = r.ingest.receive(request(None, None, body)).await;
+        assert_eq!(got, Err(Rejection::Unauthenticated));
+        assert!(
+            !read.load(Ordering::SeqCst),
+            "an unauthenticated body was read"
+        );
+        // A key too long: refused before the body too, with the tenant known.
+        let (body, read) = watched(spans(3));
+        let long = "k".repeat(MAX_KEY_LEN);
+        let got = r
+            .ingest
+            .receive(request(Some("s3cret"), Some(&long), body))
+            .await;
+        assert!(matches!(got, Err(Rejection::Invalid(_))), "{got:?}");
+        assert!(!read.load(Ordering::SeqCst));
+        // Stored, then the same key again: a duplicate of the same seq.
+        let stored = r
+            .ingest
+            .receive(request(
+                Some("s3cret"),
+                Some("k1"),
+                Request::ready(Ok(spans(3))),
+            ))
+            .await
+            .unwrap();
+        let Accepted::Stored { seq } = stored else {
+            panic!("{stored:?}")
+        };
+        let again = r
+            .ingest
+            .receive(request(
+                Some("s3cret"),
+                Some("k1"),
+                Request::ready(Ok(spans(3))),
+            ))
+            .await;
+        assert_eq!(again, Ok(Accepted::Duplicate { seq }));
+        // Not a trace request: refused once its bytes are known.
+        let garbage = Bytes::from_static(b"\xff\xff\xff\xff not protobuf");
+        let got = r
+            .ingest
+            .receive(request(
+                Some("s3cret"),
+                None,
+                Request::ready(Ok(garbage.clone())),
+            ))
+            .await;
+        assert!(matches!(got, Err(Rejection::Invalid(_))), "{got:?}");
+        // A gzip body is inflated before it is decoded.
+        let mut gzipped = request(
+            Some("s3cret"),
+            None,
+            Request::ready(Ok(gz(&spans(5)).into())),
+        );
+        gzipped.compression = Compression::Gzip;
+        let got = r.ingest.receive(gzipped).await.unwrap();
+        assert!(matches!(got, Accepted::Stored { .. }), "{got:?}");
+
+        assert_eq!(r.requests("grpc", "unauthenticated"), 1);
+        assert_eq!(r.requests("grpc", "invalid"), 2);
+        assert_eq!(r.requests("grpc", "accepted"), 2);
+        assert_eq!(r.requests("grpc", "duplicate"), 1);
+        assert_eq!(r.requests("grpc", "abandoned"), 0);
+        assert_eq!(
+            r.wal.stats().last_seq,
+            seq + 1,
+            "exactly two records stored"
+        );
+
+        let entries = r.entries();
+        let rejected: Vec<_> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Rejected {
+                    reason,
+                    bytes,
+                    tenant,
+                    protocol,
+                    ..
+                } => Some((
+                    reason.as_str(),
+                    *bytes,
+                    tenant.as_deref(),
+                    protocol.as_str(),
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                ("unauthenticated", 0, None, "grpc"),
+                ("invalid", 0, Some("shop"), "grpc"),
+                ("invalid", garbage.len() as u64, Some("shop"), "grpc"),
+            ]
+        );
+        let accepted: Vec<_> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Accepted {
+                    seq,
+                    key,
+                    spans,
+                    tenant,
+                    ..
+                } => Some((*seq, key.clone(), *spans, tenant.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            accepted,
+            [
+                (
+                    seq,
+                    Some("shop:k1".to_string()),
+                    3,
+                    Some("shop".to_string())
+                ),
+                (seq + 1, None, 5, Some("shop".to_string())),
+            ]
+        );
+        let deduplicated = entries
+            .iter()
+            .filter(|e| matches!(e, Entry::Deduplicated { seq: s, key, spans: 3, .. } if *s == seq && key == "shop:k1"))
+            .count();
+        assert_eq!(deduplicated, 1);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_before_the_answer_is_counted_as_abandoned_once() {
+        let r = rig();
+        let body: Body = Box::pin(std::future::pending());
+        let waited = tokio::time::timeout(
+            Duration::from_millis(50),
+            r.ingest.receive(request(Some("s3cret"), Some("k"), body)),
+        )
+        .await;
+        assert!(waited.is_err(), "a pending body cannot be answered");
+        assert_eq!(r.requests("grpc", "abandoned"), 1);
+        for outcome in Rejection::KINDS
+            .into_iter()
+            .chain(["accepted", "duplicate"])
+        {
+            assert_eq!(r.requests("grpc", outcome), 0, "{outcome}");
+        }
+        // Nothing was stored or refused: the ledger has no entry for it.
+        let entries = r.entries();
+        assert!(
+            !entries.iter().any(|e| matches!(
+                e,
+                Entry::Rejected { .. } | Entry::Accepted { .. } | Entry::Deduplicated { .. }
+            )),
+            "{entries:?}"
+        );
+        assert_eq!(r.wal.stats().last_seq, 0);
     }
 }
