@@ -43,25 +43,48 @@ use crate::receiver::tls::TlsServer;
 use crate::receiver::{grpc, http, server, Ingest};
 use crate::state::{DestinationState, State, WalState};
 
-/// Why `run` failed to start or stopped abnormally, and the exit code that says
-/// so: 2 for a start refused for a reason a restart alone does not fix (another
-/// process holds the directory, a newer format, a file that must be fixed by hand —
-/// the message names it), 1 otherwise.
+/// Why a forwarder failed to start or stopped on its own, and the exit code that
+/// says so ([`RunError::exit_code`]): 2 when a restart alone does not fix it (the
+/// message names what to fix), 1 when it may.
 #[derive(Debug, thiserror::Error)]
-#[error("{msg}")]
-pub struct RunError {
-    pub msg: String,
-    pub code: u8,
-}
-
-#[allow(non_snake_case)]
-pub fn RunError(msg: String) -> RunError {
-    RunError { msg, code: 1 }
+pub enum RunError {
+    /// The start was refused: another process holds the directory, a newer format
+    /// wrote the log, a file that must be fixed by hand. Exit 2.
+    #[error("{0}")]
+    Refused(String),
+    /// Part of the configuration cannot be used as it is (a processor, a TLS file,
+    /// a destination). Exit 2.
+    #[error("{what}: {detail}")]
+    Config { what: String, detail: String },
+    /// A listener cannot bind (the address is taken, or not ours). Exit 1: it may
+    /// be free at the next start.
+    #[error("{what} cannot listen on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The data directory failed while opening (an I/O error). Exit 1.
+    #[error("{0}")]
+    Storage(String),
+    /// A stage (receiver, replay worker, admin listener) ended on its own. Exit 1.
+    #[error("{stage}: {detail}")]
+    StageFailed { stage: &'static str, detail: String },
 }
 
 impl RunError {
-    fn refusal(msg: String) -> Self {
-        Self { msg, code: 2 }
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Refused(_) | Self::Config { .. } => 2,
+            Self::Bind { .. } | Self::Storage(_) | Self::StageFailed { .. } => 1,
+        }
+    }
+
+    fn config(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Self::Config {
+            what: what.into(),
+            detail: detail.to_string(),
+        }
     }
 }
 
@@ -132,7 +155,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
     let dir = cfg.storage.dir.clone();
     // Durably: a power cut must not take back the directory that holds the spool.
     crate::fsio::ensure_dir(&dir).map_err(|e| {
-        RunError::refusal(format!(
+        RunError::Refused(format!(
             "creating the data directory {}: {e}",
             dir.display()
         ))
@@ -147,7 +170,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
             cfg.audit.reserve_bytes.0,
         )
         .map_err(|e| {
-            RunError::refusal(format!(
+            RunError::Refused(format!(
                 "opening the audit ledger {}: {e}",
                 ledger_dir.display()
             ))
@@ -164,13 +187,13 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
     let (wal, report) =
         tokio::task::spawn_blocking(move || Wal::open_with_hook(wal_cfg, Some(hook)))
             .await
-            .map_err(|e| RunError(e.to_string()))?
+            .map_err(|e| RunError::Storage(e.to_string()))?
             .map_err(|e| {
                 let msg = format!("opening the spool: {e}");
                 if e.is_refusal() {
-                    RunError::refusal(msg)
+                    RunError::Refused(msg)
                 } else {
-                    RunError(msg)
+                    RunError::Storage(msg)
                 }
             })?;
     if let Some(torn) = &report.torn_tail {
@@ -216,7 +239,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
     }
     let events = wal.take_events().expect("events taken once");
     let instance_id = crate::instance::load_or_create(&dir, &wal.id())
-        .map_err(|e| RunError::refusal(format!("instance id in {}: {e}", dir.display())))?;
+        .map_err(|e| RunError::Refused(format!("instance id in {}: {e}", dir.display())))?;
     // Accepted entries lost to a crash, recovered from the log.
     {
         let (ledger, wal) = (ledger.clone(), wal.clone());
@@ -226,7 +249,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
             n
         })
         .await
-        .map_err(|e| RunError(e.to_string()))?
+        .map_err(|e| RunError::Storage(e.to_string()))?
         .unwrap_or_else(|e| {
             tracing::error!(error = %e, "could not recover accepted entries from the log");
             0
@@ -249,8 +272,8 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         let (window, max_keys) = (cfg.dedup.window.0, cfg.dedup.max_keys);
         tokio::task::spawn_blocking(move || Dedup::open(&wal, window, max_keys))
             .await
-            .map_err(|e| RunError(e.to_string()))?
-            .map_err(|e| RunError(format!("opening the dedup index: {e}")))?
+            .map_err(|e| RunError::Storage(e.to_string()))?
+            .map_err(|e| RunError::Storage(format!("opening the dedup index: {e}")))?
     };
 
     // Cursors of destinations no longer configured would hold the spool forever.
@@ -267,10 +290,10 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
                 })
                 .and_then(|()| ledger.sync())
                 .map_err(|e| {
-                    RunError(format!("recording the removal of destination {name}: {e}"))
+                    RunError::Storage(format!("recording the removal of destination {name}: {e}"))
                 })?;
             wal.remove_cursor(name)
-                .map_err(|e| RunError(format!("removing cursor {name}: {e}")))?;
+                .map_err(|e| RunError::Storage(format!("removing cursor {name}: {e}")))?;
         }
     }
     let mut cursors = Vec::new();
@@ -283,11 +306,11 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
                     from_seq: wal.oldest_retained(),
                 })
                 .and_then(|()| ledger.sync())
-                .map_err(|e| RunError(format!("recording destination {}: {e}", d.name)))?;
+                .map_err(|e| RunError::Storage(format!("recording destination {}: {e}", d.name)))?;
         }
         let cursor = wal
             .cursor(&d.name, CursorStart::Oldest)
-            .map_err(|e| RunError(format!("cursor of destination {}: {e}", d.name)))?;
+            .map_err(|e| RunError::Storage(format!("cursor of destination {}: {e}", d.name)))?;
         if report.damaged_cursors.contains(&d.name) {
             restore_cursor(&cursor, &ledger_dir, wal.stats().last_seq);
         }
@@ -310,7 +333,8 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
             dedup_keys: Arc::new(move || dedup.keys()),
         });
     }
-    let pipeline = crate::process::Pipeline::new(&cfg.processors, &metrics).map_err(RunError)?;
+    let pipeline = crate::process::Pipeline::new(&cfg.processors, &metrics)
+        .map_err(|e| RunError::config("processors", e))?;
     match &pipeline {
         Some(p) => {
             tracing::info!(stages = ?p.describe(), "processors: every request is decoded, processed and re-encoded before it is stored")
@@ -337,9 +361,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         body_read_timeout: otlp.body_read_timeout.0,
     };
     let tls = match &otlp.tls {
-        Some(t) => {
-            Some(TlsServer::load(t).map_err(|e| RunError(format!("receivers.otlp.tls: {e}")))?)
-        }
+        Some(t) => Some(TlsServer::load(t).map_err(|e| RunError::config("receivers.otlp.tls", e))?),
         None => None,
     };
     let scheme = if tls.is_some() { "TLS" } else { "plaintext" };
@@ -421,7 +443,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
             );
         }
         let client =
-            Client::new(d).map_err(|e| RunError(format!("destination {}: {e}", d.name)))?;
+            Client::new(d).map_err(|e| RunError::config(format!("destination {}", d.name), e))?;
         let status = Arc::new(DestinationStatus::default());
         statuses.push((d.clone(), cursor.clone(), status.clone()));
         let worker = Worker {
@@ -555,7 +577,7 @@ impl Running {
         if let Some((stage, msg)) = ended {
             if !stop.is_cancelled() {
                 tracing::error!(stage, error = %msg, "a stage failed; shutting down");
-                failure = Some(format!("{stage}: {msg}"));
+                failure = Some(RunError::StageFailed { stage, detail: msg });
                 stop.cancel();
             }
             if stage == "admin listener" {
@@ -609,7 +631,7 @@ impl Running {
         tracing::info!("stopped");
         match failure {
             None => Ok(()),
-            Some(f) => Err(RunError(f)),
+            Some(f) => Err(f),
         }
     }
 }
@@ -644,14 +666,17 @@ fn restore_cursor(cursor: &Cursor, ledger_dir: &std::path::Path, last_seq: u64) 
     );
 }
 
-async fn bind(addr: crate::config::Listen, what: &str) -> Result<Option<TcpListener>, RunError> {
+async fn bind(
+    addr: crate::config::Listen,
+    what: &'static str,
+) -> Result<Option<TcpListener>, RunError> {
     let Some(addr) = addr.addr() else {
         return Ok(None);
     };
     TcpListener::bind(addr)
         .await
         .map(Some)
-        .map_err(|e| RunError(format!("{what} cannot listen on {addr}: {e}")))
+        .map_err(|source| RunError::Bind { what, addr, source })
 }
 
 fn local(l: &TcpListener) -> String {

@@ -57,9 +57,9 @@ fn main() -> ExitCode {
             match runtime.block_on(run) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = %e, exit_code = e.code, "tracespool failed");
+                    tracing::error!(error = %e, exit_code = e.exit_code(), "tracespool failed");
                     eprintln!("tracespool: {e}");
-                    ExitCode::from(e.code)
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

@@ -271,3 +271,25 @@ fn a_log_written_by_a_newer_format_refuses_the_start_with_exit_2_naming_the_file
     // Nothing was touched.
     assert_eq!(std::fs::read(&seg).unwrap(), h);
 }
+
+#[test]
+fn a_port_already_taken_fails_the_start_with_exit_1_naming_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = tracespool()
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("run")
+        .env("TRACESPOOL__RECEIVERS__OTLP__GRPC", addr.to_string())
+        .env("TRACESPOOL__RECEIVERS__OTLP__HTTP", "127.0.0.1:0")
+        .env("TRACESPOOL__ADMIN__LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // A taken port may be free at the next start: 1, not the 2 of a refusal.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    drop(taken);
+}
