@@ -7,7 +7,8 @@
 //! | module       | what it holds                                                      |
 //! |--------------|--------------------------------------------------------------------|
 //! | [`format`]   | segment header and record frame, CRC-32/IEEE, resynchronisation    |
-//! | `writer`     | the writer thread: group commit, rotation, budget, eviction, retention |
+//! | `segment`    | segment files, the table of them, and `SegmentScan`: the one walk over a segment's frames (records, gaps, damage) that recovery, readers, the offline tools and the writer share |
+//! | `writer`     | the writer thread, by step: `commit` (W1–W3), `segments` (S1, C1–C5), `budget` (room, eviction) |
 //! | `recovery`   | opening: header checks, tail scan, torn-tail cut, the next seq     |
 //! | `reader`     | in-order reads with `pread`, gaps for damage, evictions, skips     |
 //! | `cursor`     | named durable positions with out-of-order acks, in their own files |
@@ -15,6 +16,7 @@
 //! | `slots`      | small records in two alternating slots, preallocated               |
 //! | `meta`       | sled trees: segment delivery times, damage registry                |
 //! | `wal`        | the [`Wal`] handle tying them together                             |
+//! | [`offline`]  | the same rules for the tools: read a stopped or running log without locks |
 //!
 //! Data path: `append` → writer thread (W1 write, W2 fdatasync, W3 publish) →
 //! readers see the record → consumer acks on its [`Cursor`] → retention deletes

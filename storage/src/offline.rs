@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use crate::format::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::fsutil::parse_segment_file_name;
-use crate::segment::{read_region, scan_at, Scan, RECORDS_START};
+use crate::segment::{read_region, SegmentScan, Step};
 use crate::types::{time_from_nanos, LostRange, Record};
 
 /// A segment file as found on disk.
@@ -135,90 +135,84 @@ pub fn scan_segment(
 ) -> SegmentContents {
     let mut out = SegmentContents::default();
     let first = first_seq;
-    let mut offset = RECORDS_START.min(bytes.len());
-    let mut last_good = first - 1;
-    let damage = |first_seq: u64, last_seq: u64, offset: usize, reason: String| LostRange {
-        first_seq,
-        last_seq,
-        segment: first,
-        offset: offset as u64,
-        spans: None,
-        reason,
-    };
+    let limit = bytes.len();
+    let mut scan = SegmentScan::new(first);
+    scan.offset = scan.offset.min(limit);
     loop {
-        match scan_at(bytes, offset, bytes.len(), last_good) {
-            Scan::Frame { offset: at, frame } => {
-                let seq = frame.header.seq;
-                if seq > last_good {
-                    if seq > last_good + 1 {
-                        out.damage.push(damage(
-                            last_good + 1,
-                            seq - 1,
-                            at,
-                            "records missing".into(),
-                        ));
-                    }
-                    let key_start = at + frame.header.header_len();
-                    let key_end = key_start + frame.key.len();
-                    out.records.push(Record {
-                        seq,
-                        received_at: time_from_nanos(frame.header.received_at_nanos),
-                        span_count: frame.header.span_count,
-                        codec: frame.header.codec,
-                        idempotency_key: Bytes::copy_from_slice(&bytes[key_start..key_end]),
-                        payload: if with_payloads {
-                            Bytes::copy_from_slice(frame.payload)
-                        } else {
-                            Bytes::new()
-                        },
-                    });
-                    last_good = seq;
+        match scan.next(bytes, limit) {
+            Step::Record {
+                offset: at,
+                frame,
+                missing,
+            } => {
+                if let Some(m) = missing {
+                    out.damage.push(m.range(
+                        first,
+                        at,
+                        format!(
+                            "records {}..={} missing before offset {at}",
+                            m.first_seq, m.last_seq
+                        ),
+                    ));
                 }
-                offset = at + frame.frame_len();
+                let key_start = at + frame.header.header_len();
+                let key_end = key_start + frame.key.len();
+                out.records.push(Record {
+                    seq: frame.header.seq,
+                    received_at: time_from_nanos(frame.header.received_at_nanos),
+                    span_count: frame.header.span_count,
+                    codec: frame.header.codec,
+                    idempotency_key: Bytes::copy_from_slice(&bytes[key_start..key_end]),
+                    payload: if with_payloads {
+                        Bytes::copy_from_slice(frame.payload)
+                    } else {
+                        Bytes::new()
+                    },
+                });
             }
-            Scan::End => break,
-            Scan::Damage(d) => match d.resume {
-                Some((at, seq)) => {
-                    if seq > last_good + 1 {
-                        let mut l = damage(last_good + 1, seq - 1, d.offset, d.error.to_string());
-                        if seq == last_good + 2 {
-                            l.spans = d.spans;
-                        }
-                        out.damage.push(l);
-                    }
-                    offset = at;
-                    last_good = seq - 1;
+            Step::Stale { .. } => {}
+            Step::End => break,
+            Step::Damaged {
+                offset,
+                lost,
+                error,
+                ..
+            } => {
+                if let Some(l) = lost {
+                    out.damage.push(l.range(first, offset, error.to_string()));
                 }
-                None => {
-                    match next_first_seq {
-                        // A sealed segment: everything up to the next one is lost.
-                        Some(next) if next > last_good + 1 => {
-                            out.damage.push(damage(
-                                last_good + 1,
-                                next - 1,
-                                d.offset,
-                                d.error.to_string(),
-                            ));
-                        }
-                        Some(_) => {}
-                        None => {
-                            out.incomplete_tail =
-                                Some((d.offset as u64, (bytes.len() - d.offset) as u64))
-                        }
+            }
+            Step::Unresumable { offset, error, .. } => {
+                match next_first_seq {
+                    // A sealed segment: everything up to the next one is lost.
+                    Some(next) if next > scan.last_good + 1 => {
+                        out.damage.push(LostRange {
+                            first_seq: scan.last_good + 1,
+                            last_seq: next - 1,
+                            segment: first,
+                            offset: offset as u64,
+                            spans: None,
+                            reason: error.to_string(),
+                        });
                     }
-                    return out;
+                    Some(_) => {}
+                    None => out.incomplete_tail = Some((offset as u64, (limit - offset) as u64)),
                 }
-            },
+                return out;
+            }
         }
     }
+    let (offset, last_good) = (scan.offset, scan.last_good);
     if let Some(next) = next_first_seq {
         if next > last_good + 1 {
-            out.damage.push(damage(
-                last_good + 1,
-                next - 1,
-                offset,
-                format!("segment ends at byte {offset} (truncated)"),
-            ));
+            out.damage.push(LostRange {
+                first_seq: last_good + 1,
+                last_seq: next - 1,
+                segment: first,
+                offset: offset as u64,
+                spans: None,
+                reason: format!("segment ends at byte {offset} (truncated)"),
+            });
         }
     }
     out

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::error::ReadError;
 use crate::format::decode_header;
-use crate::segment::{read_region, scan_at, InUseGuard, Scan, RECORDS_START};
+use crate::segment::{read_region, InUseGuard, SegmentScan, Step as ScanStep, RECORDS_START};
 use crate::shared::{Shared, Watermark};
 use crate::types::{time_from_nanos, Gap, GapCause, LostRange, ReadItem, Record};
 
@@ -313,13 +313,9 @@ impl Reader {
         let conclusive = |pos: &Pos| {
             let rel_limit = limit.min(pos.window_end()) - pos.window_start;
             matches!(
-                scan_at(
-                    &pos.window,
-                    pos.offset - pos.window_start,
-                    rel_limit,
-                    last_good
-                ),
-                Scan::Frame { .. }
+                SegmentScan::at(pos.offset - pos.window_start, last_good)
+                    .peek(&pos.window, rel_limit),
+                ScanStep::Record { .. } | ScanStep::Stale { .. }
             ) || pos.window_end() >= limit
         };
         if !conclusive(pos) {
@@ -342,8 +338,16 @@ impl Reader {
         let ws = pos.window_start;
         let rel_limit = limit.min(pos.window_end()) - ws;
         let window = pos.window.clone();
-        match scan_at(&window, pos.offset - ws, rel_limit, last_good) {
-            Scan::Frame { offset, frame } => {
+        match SegmentScan::at(pos.offset - ws, last_good).peek(&window, rel_limit) {
+            ScanStep::Stale { offset, frame } => {
+                pos.offset = offset + ws + frame.frame_len();
+                Ok(Step::Again)
+            }
+            ScanStep::Record {
+                offset,
+                frame,
+                missing,
+            } => {
                 let abs = offset + ws;
                 let seq = frame.header.seq;
                 let len = frame.frame_len();
@@ -352,20 +356,13 @@ impl Reader {
                     pos.last_good = pos.last_good.max(seq);
                     return Ok(Step::Again);
                 }
-                if seq > self.next_seq && seq > last_good + 1 {
+                if let Some(m) = missing.filter(|_| seq > self.next_seq) {
                     // Valid frames, but seqs missing between them.
-                    let lost = LostRange {
-                        first_seq: last_good + 1,
-                        last_seq: seq - 1,
-                        segment: pos.segment,
-                        offset: abs as u64,
-                        spans: None,
-                        reason: format!(
-                            "records {}..={} missing before offset {abs}",
-                            last_good + 1,
-                            seq - 1
-                        ),
-                    };
+                    let reason = format!(
+                        "records {}..={} missing before offset {abs}",
+                        m.first_seq, m.last_seq
+                    );
+                    let lost = m.range(pos.segment, abs, reason);
                     return Ok(self.damaged(lost));
                 }
                 let key_start = offset + frame.header.header_len();
@@ -383,34 +380,59 @@ impl Reader {
                 self.next_seq = seq + 1;
                 Ok(Step::Item(ReadItem::Record(record)))
             }
-            Scan::End => Ok(self.segment_end()),
-            Scan::Damage(d) => {
-                let damage_at = d.offset + ws;
-                let (resume_at, last_lost) = match d.resume {
-                    Some((at, seq)) => (at + ws, seq - 1),
-                    None => {
-                        let end = match pos.sealed_len {
-                            Some(_) => match pos.next_segment {
-                                Some(n)
-                                    if pos.next_skipped_from > 0 && pos.next_skipped_from < n =>
-                                {
-                                    pos.next_skipped_from - 1
-                                }
-                                Some(n) => n - 1,
-                                None => wm.last_seq,
-                            },
-                            None => wm.last_seq,
-                        };
-                        (limit, end)
+            ScanStep::End => Ok(self.segment_end()),
+            ScanStep::Damaged {
+                offset,
+                resume,
+                lost,
+                error,
+            } => {
+                let damage_at = offset + ws;
+                let resume_at = resume + ws;
+                let reason = pos.io_reason(damage_at, resume_at, &error);
+                pos.offset = resume_at;
+                match lost {
+                    Some(l) => {
+                        pos.last_good = l.last_seq;
+                        let lost = l.range(pos.segment, damage_at, reason);
+                        Ok(self.damaged(lost))
                     }
+                    None => {
+                        // Damaged bytes that held no record (e.g. garbage after
+                        // the last frame of a sealed segment): nothing lost.
+                        tracing::warn!(
+                            segment = %path.display(),
+                            offset = damage_at,
+                            error = %reason,
+                            "damaged bytes without records skipped"
+                        );
+                        Ok(Step::Again)
+                    }
+                }
+            }
+            ScanStep::Unresumable {
+                offset,
+                error,
+                spans,
+            } => {
+                let damage_at = offset + ws;
+                // Lost: up to the next segment (or where its header says seqs were
+                // skipped from), or for the active segment up to the last seq.
+                let last_lost = match pos.sealed_len {
+                    Some(_) => match pos.next_segment {
+                        Some(n) if pos.next_skipped_from > 0 && pos.next_skipped_from < n => {
+                            pos.next_skipped_from - 1
+                        }
+                        Some(n) => n - 1,
+                        None => wm.last_seq,
+                    },
+                    None => wm.last_seq,
                 };
                 let first_lost = last_good + 1;
-                let reason = pos.io_reason(damage_at, resume_at, &d.error);
-                pos.offset = resume_at;
+                let reason = pos.io_reason(damage_at, limit, &error);
+                pos.offset = limit;
                 pos.last_good = last_lost.max(last_good);
                 if last_lost < first_lost {
-                    // Damaged bytes that held no record (e.g. garbage after the
-                    // last frame of a sealed segment): nothing lost.
                     tracing::warn!(
                         segment = %path.display(),
                         offset = damage_at,
@@ -424,11 +446,7 @@ impl Reader {
                     last_seq: last_lost,
                     segment: pos.segment,
                     offset: damage_at as u64,
-                    spans: if first_lost == last_lost {
-                        d.spans
-                    } else {
-                        None
-                    },
+                    spans: if first_lost == last_lost { spans } else { None },
                     reason,
                 };
                 Ok(self.damaged(lost))

@@ -51,7 +51,7 @@ use crate::fsutil::{
 };
 use crate::meta::Meta;
 use crate::segment::{
-    read_region, scan_at, segment_path, Scan, SegmentEntry, SegmentTable, RECORDS_START,
+    read_region, segment_path, SegmentEntry, SegmentScan, SegmentTable, Step, RECORDS_START,
 };
 use crate::state::{Loaded, LogState, StateFile, RESERVE_BLOCK};
 use crate::types::{
@@ -643,105 +643,96 @@ fn recover_active(
         Some((a, b)) => format!("read error (I/O) at bytes {a}..{b}: {e}"),
         None => e.to_string(),
     };
-    let mut offset = RECORDS_START;
-    let mut last_good = first - 1;
+    let mut damaged = |range: LostRange, what: &str| {
+        tracing::error!(
+            segment = %path.display(),
+            offset = range.offset,
+            first_seq = range.first_seq,
+            last_seq = range.last_seq,
+            error = %range.reason,
+            "{what}"
+        );
+        lost.push(range);
+    };
+    let mut scan = SegmentScan::new(first);
     let mut torn_at = None;
     loop {
-        match scan_at(bytes, offset, limit, last_good) {
-            Scan::Frame { offset: at, frame } => {
+        let last_good = scan.last_good;
+        match scan.peek(bytes, limit) {
+            Step::Stale { offset: at, frame } => {
                 let seq = frame.header.seq;
-                if seq <= last_good {
-                    tracing::error!(segment = %path.display(), offset = at, seq, last_good, "record out of sequence in the active segment; skipped");
-                } else {
-                    if seq > last_good + 1 {
-                        let range = LostRange {
-                            first_seq: last_good + 1,
-                            last_seq: seq - 1,
-                            segment: first,
-                            offset: at as u64,
-                            spans: None,
-                            reason: format!(
-                                "records {}..={} missing before offset {at}",
-                                last_good + 1,
-                                seq - 1
-                            ),
-                        };
-                        tracing::error!(segment = %path.display(), offset = at, first_seq = range.first_seq, last_seq = range.last_seq, "records missing from the active segment");
-                        lost.push(range);
-                    }
-                    last_good = seq;
-                }
-                offset = at + frame.frame_len();
+                tracing::error!(segment = %path.display(), offset = at, seq, last_good, "record out of sequence in the active segment; skipped");
+                scan.next(bytes, limit);
             }
-            Scan::End => break,
-            Scan::Damage(d) => {
-                let durable_damage = legacy || last_good < durable;
-                match d.resume {
-                    Some((at, seq)) if durable_damage => {
-                        if seq > last_good + 1 {
-                            let range = LostRange {
-                                first_seq: last_good + 1,
-                                last_seq: seq - 1,
-                                segment: first,
-                                offset: d.offset as u64,
-                                spans: if seq == last_good + 2 { d.spans } else { None },
-                                reason: reason_at(d.offset, at, &d.error),
-                            };
-                            tracing::error!(
-                                segment = %path.display(),
-                                offset = d.offset,
-                                first_seq = range.first_seq,
-                                last_seq = range.last_seq,
-                                error = %range.reason,
-                                "damaged records in the active segment; skipping to the next valid record"
-                            );
-                            lost.push(range);
-                        }
-                        offset = at;
-                        last_good = seq - 1;
-                    }
-                    None if durable_damage => {
-                        // Durable records up to `durable` should follow and do not:
-                        // they are lost; the bytes after the last good one are cut.
-                        let spans = match d.error {
-                            crate::format::FrameError::BadRecordChecksum {
-                                span_count,
-                                seq,
-                                ..
-                            } if durable == last_good + 1 && seq == durable => {
-                                Some(span_count as u64)
-                            }
-                            _ => None,
-                        };
-                        let range = LostRange {
-                            first_seq: last_good + 1,
-                            last_seq: durable,
-                            segment: first,
-                            offset: d.offset as u64,
-                            spans,
-                            reason: reason_at(d.offset, limit, &d.error),
-                        };
-                        tracing::error!(
-                            segment = %path.display(),
-                            offset = d.offset,
-                            first_seq = range.first_seq,
-                            last_seq = range.last_seq,
-                            error = %range.reason,
-                            "damaged records at the end of the active segment, all of them synced: lost"
-                        );
-                        lost.push(range);
-                        torn_at = Some((d.offset, reason_at(d.offset, limit, &d.error)));
-                        last_good = durable;
-                        break;
-                    }
-                    _ => {
-                        torn_at = Some((d.offset, reason_at(d.offset, limit, &d.error)));
-                        break;
-                    }
+            Step::Record {
+                offset: at,
+                missing,
+                ..
+            } => {
+                if let Some(m) = missing {
+                    let range = m.range(
+                        first,
+                        at,
+                        format!(
+                            "records {}..={} missing before offset {at}",
+                            m.first_seq, m.last_seq
+                        ),
+                    );
+                    damaged(range, "records missing from the active segment");
                 }
+                scan.next(bytes, limit);
+            }
+            Step::End => break,
+            // Damage before records that were synced: skipped, reported. Damage
+            // after the last synced record: a torn tail (an append that never
+            // completed), cut below.
+            Step::Damaged {
+                offset,
+                resume,
+                lost: l,
+                error,
+            } if legacy || last_good < durable => {
+                if let Some(l) = l {
+                    let range = l.range(first, offset, reason_at(offset, resume, &error));
+                    damaged(
+                        range,
+                        "damaged records in the active segment; skipping to the next valid record",
+                    );
+                }
+                scan.next(bytes, limit);
+            }
+            Step::Unresumable { offset, error, .. } if legacy || last_good < durable => {
+                // Durable records up to `durable` should follow and do not: they are
+                // lost; the bytes after the last good one are cut.
+                let spans = match error {
+                    crate::format::FrameError::BadRecordChecksum {
+                        span_count, seq, ..
+                    } if durable == last_good + 1 && seq == durable => Some(span_count as u64),
+                    _ => None,
+                };
+                let range = LostRange {
+                    first_seq: last_good + 1,
+                    last_seq: durable,
+                    segment: first,
+                    offset: offset as u64,
+                    spans,
+                    reason: reason_at(offset, limit, &error),
+                };
+                damaged(
+                    range,
+                    "damaged records at the end of the active segment, all of them synced: lost",
+                );
+                torn_at = Some((offset, reason_at(offset, limit, &error)));
+                scan.last_good = durable;
+                break;
+            }
+            Step::Damaged { offset, error, .. } | Step::Unresumable { offset, error, .. } => {
+                torn_at = Some((offset, reason_at(offset, limit, &error)));
+                break;
             }
         }
     }
+    let last_good = scan.last_good;
     report.scanned_bytes += len;
     let mut torn = None;
     let mut len = limit as u64;

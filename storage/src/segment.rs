@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::format::{decode_frame, resync, Frame, FrameError, SEGMENT_HEADER_LEN};
 use crate::fsutil::segment_file_name;
+use crate::types::LostRange;
 
 /// One segment file as the log knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -295,7 +296,7 @@ fn read_exact_or_eof(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> 
 
 /// One step of scanning a segment's bytes.
 #[derive(Debug)]
-pub(crate) enum Scan<'a> {
+enum Scan<'a> {
     /// A valid frame at `offset`.
     Frame { offset: usize, frame: Frame<'a> },
     /// The bytes at `offset` are not a valid frame.
@@ -305,7 +306,7 @@ pub(crate) enum Scan<'a> {
 }
 
 #[derive(Debug)]
-pub(crate) struct Damage {
+struct Damage {
     pub offset: usize,
     pub error: FrameError,
     /// The next valid frame after the damage (with a seq above the last good one),
@@ -318,7 +319,7 @@ pub(crate) struct Damage {
 
 /// Scans the frame at `offset` in `bytes[..limit]`. `last_good` is the seq of the
 /// last valid frame before `offset` (or the segment's first seq minus one).
-pub(crate) fn scan_at(bytes: &[u8], offset: usize, limit: usize, last_good: u64) -> Scan<'_> {
+fn scan_at(bytes: &[u8], offset: usize, limit: usize, last_good: u64) -> Scan<'_> {
     if offset >= limit {
         return Scan::End;
     }
@@ -360,5 +361,249 @@ pub(crate) fn scan_at(bytes: &[u8], offset: usize, limit: usize, last_good: u64)
     })
 }
 
+/// Seqs lost between two points of a segment, before the caller says why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lost {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Known when exactly one record is lost and its header was intact.
+    pub spans: Option<u64>,
+}
+
+impl Lost {
+    pub fn range(self, segment: u64, offset: usize, reason: String) -> LostRange {
+        LostRange {
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+            segment,
+            offset: offset as u64,
+            spans: self.spans,
+            reason,
+        }
+    }
+}
+
+/// One step of a [`SegmentScan`].
+#[derive(Debug)]
+pub(crate) enum Step<'a> {
+    /// The next record in order (its seq above the last good one). `missing`: the
+    /// seqs absent between the last good record and this one, both valid frames.
+    Record {
+        offset: usize,
+        frame: Frame<'a>,
+        missing: Option<Lost>,
+    },
+    /// A valid frame whose seq is not above the last good one: passed over.
+    Stale { offset: usize, frame: Frame<'a> },
+    /// Damaged bytes at `offset`; valid records resume at `resume`. `lost`: the
+    /// seqs in between (`None`: the damaged bytes held no record).
+    Damaged {
+        offset: usize,
+        resume: usize,
+        lost: Option<Lost>,
+        error: FrameError,
+    },
+    /// Damaged bytes at `offset` and nothing valid after them before the limit:
+    /// what was lost (a torn tail, the rest of a sealed segment, records known to
+    /// be durable) is the caller's to say. `spans`: of the damaged record, when its
+    /// header was intact.
+    Unresumable {
+        offset: usize,
+        error: FrameError,
+        spans: Option<u64>,
+    },
+    /// At the limit.
+    End,
+}
+
+/// The one walk over a segment's frames: from `offset`, in order, carrying the
+/// last good seq, so that recovery, readers, the offline tools and the writer read
+/// records, gaps and damage the same way. A valid frame's bytes are its own (the
+/// next one starts right after it); after damage, the next valid frame with a seq
+/// above the last good one, anywhere.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SegmentScan {
+    pub offset: usize,
+    /// The seq of the last valid record before `offset` (or the segment's first seq
+    /// minus one).
+    pub last_good: u64,
+}
+
+impl SegmentScan {
+    /// From the first record of the segment whose first seq is `first_seq`.
+    pub fn new(first_seq: u64) -> Self {
+        Self::at(RECORDS_START, first_seq - 1)
+    }
+
+    pub fn at(offset: usize, last_good: u64) -> Self {
+        Self { offset, last_good }
+    }
+
+    /// The step at the current position, without moving.
+    pub fn peek<'a>(&self, bytes: &'a [u8], limit: usize) -> Step<'a> {
+        let last_good = self.last_good;
+        match scan_at(bytes, self.offset, limit, last_good) {
+            Scan::End => Step::End,
+            Scan::Frame { offset, frame } => {
+                let seq = frame.header.seq;
+                if seq <= last_good {
+                    return Step::Stale { offset, frame };
+                }
+                let missing = (seq > last_good + 1).then_some(Lost {
+                    first_seq: last_good + 1,
+                    last_seq: seq - 1,
+                    spans: None,
+                });
+                Step::Record {
+                    offset,
+                    frame,
+                    missing,
+                }
+            }
+            Scan::Damage(d) => match d.resume {
+                Some((resume, seq)) => Step::Damaged {
+                    offset: d.offset,
+                    resume,
+                    lost: (seq > last_good + 1).then_some(Lost {
+                        first_seq: last_good + 1,
+                        last_seq: seq - 1,
+                        spans: if seq == last_good + 2 { d.spans } else { None },
+                    }),
+                    error: d.error,
+                },
+                None => Step::Unresumable {
+                    offset: d.offset,
+                    error: d.error,
+                    spans: d.spans,
+                },
+            },
+        }
+    }
+
+    /// The step at the current position, moving past it (not past `Unresumable`
+    /// or `End`: there is nothing to move to).
+    pub fn next<'a>(&mut self, bytes: &'a [u8], limit: usize) -> Step<'a> {
+        let step = self.peek(bytes, limit);
+        match &step {
+            Step::Record { offset, frame, .. } => {
+                self.offset = offset + frame.frame_len();
+                self.last_good = frame.header.seq;
+            }
+            Step::Stale { offset, frame } => self.offset = offset + frame.frame_len(),
+            Step::Damaged { resume, lost, .. } => {
+                self.offset = *resume;
+                if let Some(l) = lost {
+                    self.last_good = l.last_seq;
+                }
+            }
+            Step::Unresumable { .. } | Step::End => {}
+        }
+        step
+    }
+}
+
 /// First offset of a segment's records.
 pub(crate) const RECORDS_START: usize = SEGMENT_HEADER_LEN;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{encode_record, Codec};
+
+    /// What a scan of `bytes` from the start of a segment of first seq 1 sees:
+    /// one line per step.
+    fn walk(bytes: &[u8]) -> Vec<String> {
+        let mut scan = SegmentScan::new(1);
+        let mut out = Vec::new();
+        loop {
+            let line = match scan.next(bytes, bytes.len()) {
+                Step::Record { frame, missing, .. } => format!(
+                    "record {} missing {:?}",
+                    frame.header.seq,
+                    missing.map(|m| (m.first_seq, m.last_seq))
+                ),
+                Step::Stale { frame, .. } => format!("stale {}", frame.header.seq),
+                Step::Damaged { lost, .. } => {
+                    format!(
+                        "damaged {:?}",
+                        lost.map(|l| (l.first_seq, l.last_seq, l.spans))
+                    )
+                }
+                Step::Unresumable { spans, .. } => {
+                    out.push(format!("unresumable spans {spans:?}"));
+                    break;
+                }
+                Step::End => {
+                    out.push("end".into());
+                    break;
+                }
+            };
+            out.push(line);
+        }
+        out
+    }
+
+    fn segment(seqs: &[u64]) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = vec![0u8; RECORDS_START];
+        let mut offsets = Vec::new();
+        for &seq in seqs {
+            offsets.push(bytes.len());
+            encode_record(
+                &mut bytes,
+                seq,
+                1,
+                seq as u32 * 10,
+                Codec(1),
+                0,
+                b"k",
+                b"payload",
+            );
+        }
+        (bytes, offsets)
+    }
+
+    #[test]
+    fn a_scan_reports_records_gaps_stale_frames_and_damage_the_same_way_for_every_caller() {
+        // 1, 2, [3 with a flipped payload byte], 4, 6 (5 never written), 2 again.
+        let (mut bytes, at) = segment(&[1, 2, 3, 4, 6, 2]);
+        let payload_of_3 = at[2] + crate::format::RECORD_HEADER_LEN + 1;
+        bytes[payload_of_3] ^= 0xff;
+        assert_eq!(
+            walk(&bytes),
+            [
+                "record 1 missing None",
+                "record 2 missing None",
+                // An intact header: exactly one record lost, its spans known.
+                "damaged Some((3, 3, Some(30)))",
+                "record 4 missing None",
+                "record 6 missing Some((5, 5))",
+                "stale 2",
+                "end",
+            ]
+        );
+        // Garbage after the last record, nothing valid after it.
+        let (mut bytes, _) = segment(&[1, 2]);
+        bytes.extend_from_slice(&[0xab; 100]);
+        assert_eq!(
+            walk(&bytes),
+            [
+                "record 1 missing None",
+                "record 2 missing None",
+                "unresumable spans None",
+            ]
+        );
+        // A damaged header: where valid records resume decides what was lost.
+        let (mut bytes, at) = segment(&[1, 2, 3, 4]);
+        bytes[at[1]] ^= 0xff;
+        bytes[at[2]] ^= 0xff;
+        assert_eq!(
+            walk(&bytes),
+            [
+                "record 1 missing None",
+                "damaged Some((2, 3, None))",
+                "record 4 missing None",
+                "end",
+            ]
+        );
+    }
+}
