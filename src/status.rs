@@ -153,6 +153,34 @@ impl Rejection {
             .map(|s| s.max(1))
     }
 
+    /// The whole OTLP/HTTP error response: status, a `google.rpc.Status` body in the
+    /// request's encoding, `Retry-After` when a retry makes sense, and
+    /// `WWW-Authenticate: Bearer` with a 401 (RFC 9110 requires the challenge).
+    pub fn http_response(&self, json: bool) -> http::Response<Vec<u8>> {
+        use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+        let mut response = http::Response::new(self.http_body(json));
+        *response.status_mut() = self.http_status();
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(if json {
+                "application/json"
+            } else {
+                "application/x-protobuf"
+            }),
+        );
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Self::Unauthenticated = self {
+            headers.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tracespool\""),
+            );
+        }
+        response
+    }
+
     /// The OTLP/HTTP error body: a `google.rpc.Status`, in protobuf or JSON.
     pub fn http_body(&self, json: bool) -> Vec<u8> {
         let code = self.grpc_status().code() as i32;
@@ -228,6 +256,28 @@ mod tests {
         assert_eq!(crate::otlp::retry_delay(&s), None);
         assert_eq!(r.http_status(), http::StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(r.retry_after_secs(), None);
+    }
+
+    #[test]
+    fn http_responses_carry_their_headers() {
+        let r = Rejection::Unauthenticated.http_response(true);
+        assert_eq!(r.status(), http::StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer realm=\"tracespool\""
+        );
+        assert_eq!(r.headers()["content-type"], "application/json");
+        assert!(r.headers().get("retry-after").is_none());
+        let r = Rejection::Full {
+            retry_after: Duration::from_secs(2),
+            detail: "full".into(),
+        }
+        .http_response(false);
+        assert_eq!(r.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["retry-after"], "2");
+        assert_eq!(r.headers()["content-type"], "application/x-protobuf");
+        assert!(r.headers().get("www-authenticate").is_none());
+        assert_eq!(RpcStatus::decode(&r.body()[..]).unwrap().message, "full");
     }
 
     #[test]

@@ -323,6 +323,12 @@ async fn tokens_name_tenants_and_wrong_or_missing_tokens_are_refused_and_counted
         let r = run(name, protocol, token, "1");
         assert!(!r.success && r.acked.is_empty(), "{name} got through");
     }
+    // A 401 carries its challenge, in the encoding of the request.
+    let (body, _) = support::raw::request("no-token", 0, 1);
+    let a = support::raw::http_post(&http, &[("content-type", "application/json")], body).await;
+    assert_eq!(a.status, 401, "{a:?}");
+    assert_eq!(a.headers["www-authenticate"], "Bearer realm=\"tracespool\"");
+    assert_eq!(a.headers["content-type"], "application/json");
     assert!(support::eventually(Duration::from_secs(20), || backend.span_count() == 12).await);
     let text = spool.metrics().await;
     let v = |s: &str| support::spool::metric_value(&text, s);
@@ -334,6 +340,10 @@ async fn tokens_name_tenants_and_wrong_or_missing_tokens_are_refused_and_counted
         v(
             r#"tracespool_receiver_requests_total{protocol="http/protobuf",outcome="unauthenticated"}"#
         ) >= 2.0
+    );
+    assert_eq!(
+        v(r#"tracespool_receiver_requests_total{protocol="http/json",outcome="unauthenticated"}"#),
+        1.0
     );
     assert_eq!(
         v(r#"tracespool_receiver_requests_total{protocol="grpc",outcome="accepted"}"#),

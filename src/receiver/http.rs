@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue};
+use http::{header, HeaderMap};
 use http_body_util::{BodyExt, Limited};
 
 use super::{Compression, Ingest, Rejection, Request, Source};
@@ -146,26 +146,9 @@ fn read_body(
 }
 
 fn reject(r: Rejection, encoding: Encoding) -> Response {
-    let json = encoding == Encoding::Json;
-    let mut response = (
-        r.http_status(),
-        [(
-            header::CONTENT_TYPE,
-            if json {
-                "application/json"
-            } else {
-                "application/x-protobuf"
-            },
-        )],
-        r.http_body(json),
-    )
-        .into_response();
-    if let Some(secs) = r.retry_after_secs() {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    response
+    r.http_response(encoding == Encoding::Json)
+        .map(Body::from)
+        .into_response()
 }
 
 fn content_type(headers: &HeaderMap) -> Result<Encoding, Rejection> {
@@ -205,6 +188,7 @@ fn find_cause<'a, T: std::error::Error + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn content_types_are_recognised_with_parameters() {
