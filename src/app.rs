@@ -715,7 +715,7 @@ fn state_now(
                 let success = status.last_success_ms.load(Ordering::Relaxed);
                 DestinationState {
                     name: cfg.name.clone(),
-                    endpoint: cfg.endpoint.clone(),
+                    endpoint: cfg.endpoint.to_string(),
                     position: cursor.position(),
                     backlog_records: b.records,
                     backlog_spans: b.spans,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use processors::ProcessorConfig;
 pub use security::{DestinationTlsConfig, ReceiverAuthConfig, ReceiverTlsConfig, TokenConfig};
-pub use units::{ByteSize, Dur, Listen};
+pub use units::{ByteSize, Dur, Endpoint, Listen};
 
 /// A configuration problem, naming the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +199,7 @@ pub struct DestinationConfig {
     pub name: String,
     /// `http://host:port` (gRPC, or OTLP/HTTP where `/v1/traces` is added when the
     /// URL has no path) or a full OTLP/HTTP URL.
-    pub endpoint: String,
+    pub endpoint: Endpoint,
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
     /// Sent with every export (e.g. an API key).
@@ -346,7 +346,7 @@ impl Config {
             .map_err(|e| ConfigError(format!("configuration: {e}")))?;
         let mut cfg: Config = raw
             .try_deserialize()
-            .map_err(|e| ConfigError(format!("configuration: {e}")))?;
+            .map_err(|e| ConfigError(format!("configuration: {}", dotted_keys(&e.to_string()))))?;
         if cfg.destinations.is_empty() {
             if let Some(d) = otel_env::destination_from_env(env)? {
                 cfg.destinations.push(d);
@@ -474,8 +474,6 @@ impl Config {
                     d.name
                 ));
             }
-            d.export_uri()
-                .map_err(|e| ConfigError(format!("{key}.endpoint {:?}: {e}", d.endpoint)))?;
             if d.max_in_flight == 0 || d.max_in_flight > 1024 {
                 return err(format!(
                     "{key}.max_in_flight must be between 1 and 1024, got {}",
@@ -580,35 +578,40 @@ impl Config {
     }
 }
 
+/// The `config` crate names a key inside an array `destinations[0]endpoint`; we
+/// write it as the rest of our messages do, `destinations[0].endpoint`.
+fn dotted_keys(message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + 4);
+    let mut chars = message.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']'
+            && chars
+                .peek()
+                .is_some_and(|n| n.is_alphanumeric() || *n == '_')
+        {
+            out.push('.');
+        }
+    }
+    out
+}
+
 impl DestinationConfig {
     /// The URI exports go to: the endpoint for gRPC; for OTLP/HTTP the endpoint, with
     /// `/v1/traces` added when it has no path.
-    pub fn export_uri(&self) -> Result<http::Uri, String> {
-        let raw = if self.endpoint.contains("://") {
-            self.endpoint.clone()
-        } else {
-            format!("http://{}", self.endpoint)
-        };
-        let uri: http::Uri = raw.parse().map_err(|e| format!("not a URL: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") | Some("https") => {}
-            _ => return Err("the scheme must be http:// or https://".into()),
-        }
-        if uri.host().is_none() {
-            return Err("the URL has no host".into());
-        }
+    pub fn export_uri(&self) -> http::Uri {
+        let uri = self.endpoint.uri().clone();
         if self.protocol == Protocol::Http && matches!(uri.path(), "" | "/") {
-            let mut parts = uri.into_parts();
+            let mut parts = uri.clone().into_parts();
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/v1/traces"));
-            return http::Uri::from_parts(parts).map_err(|e| e.to_string());
+            // A scheme and an authority with a path: always a valid URI.
+            return http::Uri::from_parts(parts).unwrap_or(uri);
         }
-        Ok(uri)
+        uri
     }
 
     pub fn is_https(&self) -> bool {
-        self.endpoint
-            .get(..8)
-            .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+        self.endpoint.is_https()
     }
 
     fn validate_tls(&self, key: &str) -> Result<(), ConfigError> {
@@ -618,7 +621,7 @@ impl DestinationConfig {
             if !t.is_default() {
                 return Err(ConfigError(format!(
                     "{key}.tls: the endpoint {:?} is plain http://; use https:// for TLS",
-                    self.endpoint
+                    self.endpoint.as_str()
                 )));
             }
             return Ok(());

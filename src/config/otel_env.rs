@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{
-    Compression, ConfigError, DestinationConfig, DestinationTlsConfig, Dur, Protocol, RetryConfig,
+    Compression, ConfigError, DestinationConfig, DestinationTlsConfig, Dur, Endpoint, Protocol,
+    RetryConfig,
 };
 
 /// The name of the destination made from the environment.
@@ -139,6 +140,13 @@ pub fn destination_from_env(
     } else {
         format!("https://{endpoint}")
     };
+    let key = if traces.is_some() {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    } else {
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    };
+    let endpoint =
+        Endpoint::parse(&endpoint).map_err(|e| ConfigError(format!("{key}={endpoint:?}: {e}")))?;
     Ok(Some(DestinationConfig {
         name: ENV_DESTINATION.into(),
         endpoint,
@@ -199,7 +207,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(d.protocol, Protocol::Http);
-        assert_eq!(d.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(d.endpoint.as_str(), "http://collector:4318/v1/traces");
     }
 
     #[test]
@@ -220,7 +228,7 @@ mod tests {
         ]))
         .unwrap()
         .unwrap();
-        assert_eq!(d.endpoint, "http://collector:4317");
+        assert_eq!(d.endpoint.as_str(), "http://collector:4317");
         assert_eq!(d.protocol, Protocol::Grpc);
         assert_eq!(d.headers["api-key"], "se cret");
         assert_eq!(d.headers["x-tenant"], "a");

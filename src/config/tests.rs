@@ -67,7 +67,7 @@ fn a_file_and_environment_overrides_combine() {
     let d = &cfg.destinations[0];
     assert_eq!(d.retry.initial_backoff.0, Duration::from_secs(1));
     assert_eq!(
-        d.export_uri().unwrap().to_string(),
+        d.export_uri().to_string(),
         "http://collector:4318/v1/traces"
     );
     assert_eq!(d.max_in_flight, 8);
@@ -86,7 +86,7 @@ fn otel_variables_make_a_destination_when_none_is_configured() {
     assert_eq!(cfg.destinations.len(), 1);
     assert_eq!(cfg.destinations[0].protocol, Protocol::Grpc);
     assert_eq!(
-        cfg.destinations[0].export_uri().unwrap().to_string(),
+        cfg.destinations[0].export_uri().to_string(),
         "http://collector:4317/"
     );
 }
@@ -195,7 +195,7 @@ fn the_reference_config_documents_every_key_with_its_default() {
     let mut with_dest = defaults.clone();
     with_dest.destinations.push(DestinationConfig {
         name: "x".into(),
-        endpoint: "http://x:1".into(),
+        endpoint: Endpoint::parse("http://x:1").unwrap(),
         protocol: default_protocol(),
         headers: Default::default(),
         timeout: default_timeout(),

@@ -201,6 +201,70 @@ mod tests {
     }
 }
 
+/// A destination's URL, parsed once when the configuration is read: `http://` or
+/// `https://` and a host; a bare `host:port` means `http://host:port`. Shown (and
+/// written back) as it was given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    raw: String,
+    uri: http::Uri,
+}
+
+impl Endpoint {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let raw = s.trim();
+        let full = if raw.contains("://") {
+            raw.to_string()
+        } else {
+            format!("http://{raw}")
+        };
+        let uri: http::Uri = full.parse().map_err(|e| format!("not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => return Err("the scheme must be http:// or https://".into()),
+        }
+        if uri.host().is_none() {
+            return Err("the URL has no host".into());
+        }
+        Ok(Self {
+            raw: raw.to_string(),
+            uri,
+        })
+    }
+
+    /// As it was given.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn uri(&self) -> &http::Uri {
+        &self.uri
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.uri.scheme_str() == Some("https")
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.raw)
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Endpoint::parse(&s).map_err(|e| de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
 /// A listen address (`"127.0.0.1:4317"`, `"[::1]:4317"`, port 0 for any free
 /// port); `""` turns the listener off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -264,5 +328,29 @@ mod listen_tests {
         assert_eq!(Listen::parse("").unwrap().to_string(), "");
         let e = Listen::parse("localhost").unwrap_err();
         assert!(e.contains("\"localhost\" is not an address"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::Endpoint;
+
+    #[test]
+    fn endpoints_are_parsed_once_and_shown_as_given() {
+        let e = Endpoint::parse("collector:4317").unwrap();
+        assert_eq!(e.uri().to_string(), "http://collector:4317/");
+        assert_eq!(e.to_string(), "collector:4317");
+        assert!(!e.is_https());
+        assert!(Endpoint::parse("HTTPS://c:443/v1/traces")
+            .unwrap()
+            .is_https());
+        assert_eq!(
+            Endpoint::parse("ftp://c").unwrap_err(),
+            "the scheme must be http:// or https://"
+        );
+        assert!(Endpoint::parse("http://").is_err());
+        assert!(Endpoint::parse("http://a b")
+            .unwrap_err()
+            .starts_with("not a URL"));
     }
 }

@@ -44,7 +44,7 @@ pub enum Client {
 
 impl Client {
     pub fn new(cfg: &DestinationConfig) -> Result<Self, String> {
-        let uri = cfg.export_uri()?;
+        let uri = cfg.export_uri();
         let timeout = cfg.timeout.0;
         match cfg.protocol {
             Protocol::Grpc => {

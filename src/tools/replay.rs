@@ -19,7 +19,7 @@ use tracespool_storage::offline::for_each_record;
 
 use super::{fmt_bytes, parse_point, Ctx, Point, ToolError, Verdict};
 use crate::cli::{ProtocolArg, ReplayArgs};
-use crate::config::{Compression, DestinationConfig, Dur, Protocol, RetryConfig};
+use crate::config::{Compression, DestinationConfig, Dur, Endpoint, Protocol, RetryConfig};
 use crate::deadletter::DeadLetters;
 use crate::export::client::{Client, Sent};
 use crate::export::retry::Backoff;
@@ -49,9 +49,11 @@ pub(super) fn adhoc_destination(
             .ok_or_else(|| ToolError(format!("--header {h:?}: expected NAME=VALUE")))?;
         map.insert(k.trim().to_string(), v.trim().to_string());
     }
+    let endpoint = Endpoint::parse(endpoint)
+        .map_err(|e| ToolError(format!("--endpoint {endpoint:?}: {e}")))?;
     let d = DestinationConfig {
         name: "replay".into(),
-        endpoint: endpoint.into(),
+        endpoint,
         protocol,
         headers: map,
         timeout: Dur(timeout),
@@ -62,8 +64,6 @@ pub(super) fn adhoc_destination(
         header_env: Default::default(),
         tls: Default::default(),
     };
-    d.export_uri()
-        .map_err(|e| ToolError(format!("--endpoint {endpoint:?}: {e}")))?;
     Ok(d)
 }
 

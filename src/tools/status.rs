@@ -96,7 +96,7 @@ pub fn run(ctx: &Ctx) -> Result<Verdict, ToolError> {
             .iter()
             .map(|d| Destination {
                 name: d.name.clone(),
-                endpoint: d.endpoint.clone(),
+                endpoint: d.endpoint.to_string(),
                 position: d.position,
                 backlog_records: d.backlog_records,
                 backlog_spans: d.backlog_spans,
