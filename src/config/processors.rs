@@ -68,7 +68,51 @@ pub enum RedactAction {
 pub struct CustomPattern {
     /// The rule name in metrics (`tracespool_redacted_attributes_total{rule}`).
     pub name: String,
-    pub regex: String,
+    pub regex: Pattern,
+}
+
+/// A regex from the configuration, compiled once, when it is read. Reading never
+/// fails on a bad regex: the check that says which key holds it does (processors are
+/// a tagged enum, and an error from inside one would lose the key).
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    text: String,
+    compiled: Result<regex::Regex, String>,
+}
+
+impl Pattern {
+    pub fn new(text: impl Into<String>) -> Self {
+        let text = text.into();
+        let compiled = regex::Regex::new(&text).map_err(|e| e.to_string());
+        Self { text, compiled }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The compiled regex, or why the text is not one.
+    pub fn regex(&self) -> Result<&regex::Regex, &str> {
+        self.compiled.as_ref().map_err(String::as_str)
+    }
+}
+
+impl From<&str> for Pattern {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::new)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -158,14 +202,14 @@ pub struct DropRule {
     pub span_name: Option<String>,
     /// The span's name matches this regex.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub span_name_regex: Option<String>,
+    pub span_name_regex: Option<Pattern>,
     /// The resource's service.name, exactly.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     /// Span (or else resource) attributes equal to these values (as text).
     pub attributes: BTreeMap<String, String>,
     /// Span (or else resource) attributes whose text matches these regexes.
-    pub attributes_regex: BTreeMap<String, String>,
+    pub attributes_regex: BTreeMap<String, Pattern>,
 }
 
 /// Bounds on what one span or request may carry.
@@ -196,8 +240,8 @@ impl Default for LimitsConfig {
     }
 }
 
-fn check_regex(key: &str, re: &str) -> Result<(), ConfigError> {
-    regex::Regex::new(re)
+fn check_regex(key: &str, re: &Pattern) -> Result<(), ConfigError> {
+    re.regex()
         .map(|_| ())
         .map_err(|e| ConfigError(format!("{key}: not a valid regex: {e}")))
 }

@@ -242,7 +242,7 @@ fn the_reference_config_documents_every_key_with_its_default() {
         span_name_regex: Some("s".into()),
         service: Some("s".into()),
         attributes: [("a".to_string(), "b".to_string())].into(),
-        attributes_regex: [("a".to_string(), "b".to_string())].into(),
+        attributes_regex: [("a".to_string(), "b".into())].into(),
     });
     let mut sample = processors::SampleConfig::default();
     sample.service_rates.insert("s".into(), 0.5);

@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use regex::Regex;
 
 use super::{attribute, retain_spans, service_name, text};
-use crate::config::processors::FilterConfig;
+use crate::config::processors::{FilterConfig, Pattern};
 use crate::metrics::{FilterLabel, Metrics};
 
 struct Rule {
@@ -56,12 +56,16 @@ pub struct Filter {
 
 impl Filter {
     pub fn new(cfg: &FilterConfig, metrics: &Arc<Metrics>) -> Result<Self, String> {
-        let re = |r: &str| Regex::new(r).map_err(|e| format!("{r:?}: {e}"));
+        let re = |r: &Pattern| {
+            r.regex()
+                .cloned()
+                .map_err(|e| format!("{:?}: {e}", r.as_str()))
+        };
         let mut rules = Vec::new();
         for d in &cfg.drop {
             rules.push(Rule {
                 span_name: d.span_name.clone(),
-                span_name_regex: d.span_name_regex.as_deref().map(re).transpose()?,
+                span_name_regex: d.span_name_regex.as_ref().map(re).transpose()?,
                 service: d.service.clone(),
                 attributes: d.attributes.clone().into_iter().collect(),
                 attributes_regex: d
@@ -115,8 +119,7 @@ mod tests {
                         ..Default::default()
                     },
                     DropRule {
-                        attributes_regex: [("http.route".to_string(), "^/internal/".to_string())]
-                            .into(),
+                        attributes_regex: [("http.route".to_string(), "^/internal/".into())].into(),
                         ..Default::default()
                     },
                 ],

@@ -201,8 +201,11 @@ impl Redactor {
             });
         }
         for c in &cfg.custom_patterns {
-            let re =
-                Regex::new(&c.regex).map_err(|e| format!("custom pattern {:?}: {e}", c.name))?;
+            let re = c
+                .regex
+                .regex()
+                .map_err(|e| format!("custom pattern {:?}: {e}", c.name))?
+                .clone();
             patterns.push(Pattern {
                 matcher: Matcher::Regex(re),
                 hits: counter(&c.name),
