@@ -396,125 +396,20 @@ impl Config {
     /// Checks relations between settings; every message names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
-        let s = &self.storage;
-        if s.dir.as_os_str().is_empty() {
-            return err("storage.dir must not be empty".into());
-        }
-        if s.segment_bytes.0 < 4096 {
-            return err(format!(
-                "storage.segment_bytes must be at least 4KiB, got {}",
-                s.segment_bytes
-            ));
-        }
-        if s.max_bytes.0 < s.segment_bytes.0 {
-            return err(format!(
-                "storage.max_bytes ({}) must be at least storage.segment_bytes ({})",
-                s.max_bytes, s.segment_bytes
-            ));
-        }
-        if s.fsync == FsyncMode::Interval && s.fsync_interval.0.is_zero() {
-            return err(
-                "storage.fsync_interval must be greater than 0 when storage.fsync = \"interval\""
-                    .into(),
-            );
-        }
-        let r = &self.receivers.otlp;
-        if r.grpc.is_off() && r.http.is_off() {
-            return err(
-                "receivers.otlp: both grpc and http are disabled; nothing would receive spans"
-                    .into(),
-            );
-        }
-        if r.max_request_bytes.0 == 0 {
-            return err("receivers.otlp.max_request_bytes must be greater than 0".into());
-        }
-        if r.max_decompressed_bytes.0 < r.max_request_bytes.0 {
-            return err(format!(
-                "receivers.otlp.max_decompressed_bytes ({}) must be at least max_request_bytes ({})",
-                r.max_decompressed_bytes, r.max_request_bytes
-            ));
-        }
-        if r.max_decompressed_bytes.0 > (1 << 30) {
-            return err("receivers.otlp.max_decompressed_bytes must be at most 1GiB".into());
-        }
-        if r.max_connections == 0 {
-            return err("receivers.otlp.max_connections must be at least 1".into());
-        }
-        if r.max_concurrent_streams == 0 {
-            return err("receivers.otlp.max_concurrent_streams must be at least 1".into());
-        }
-        for (key, d) in [
-            ("receivers.otlp.header_read_timeout", r.header_read_timeout),
-            ("receivers.otlp.body_read_timeout", r.body_read_timeout),
-        ] {
-            if d.0.is_zero() {
-                return err(format!("{key} must be greater than 0"));
-            }
-        }
-        if let Some(tls) = &r.tls {
-            tls.validate()?;
-        }
+        self.storage.validate()?;
+        self.receivers.otlp.validate()?;
         let mut names = std::collections::BTreeSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             let key = format!("destinations[{i}]");
-            if d.name.is_empty()
-                || !d
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return err(format!(
-                    "{key}.name {:?}: use letters, digits, '-', '_' or '.'",
-                    d.name
-                ));
-            }
+            d.validate(&key)?;
             if !names.insert(d.name.clone()) {
                 return err(format!(
                     "{key}.name {:?} is used by another destination",
                     d.name
                 ));
             }
-            if d.max_in_flight == 0 || d.max_in_flight > 1024 {
-                return err(format!(
-                    "{key}.max_in_flight must be between 1 and 1024, got {}",
-                    d.max_in_flight
-                ));
-            }
-            if d.timeout.0.is_zero() {
-                return err(format!("{key}.timeout must be greater than 0"));
-            }
-            if d.retry.initial_backoff.0.is_zero()
-                || d.retry.max_backoff.0 < d.retry.initial_backoff.0
-            {
-                return err(format!(
-                    "{key}.retry: need 0 < initial_backoff ({}) <= max_backoff ({})",
-                    humantime::format_duration(d.retry.initial_backoff.0),
-                    humantime::format_duration(d.retry.max_backoff.0)
-                ));
-            }
-            for (name, value) in &d.headers {
-                if http::HeaderName::from_bytes(name.as_bytes()).is_err()
-                    || http::HeaderValue::from_str(value).is_err()
-                {
-                    return err(format!(
-                        "{key}.headers: {name:?} is not a valid HTTP header name and value"
-                    ));
-                }
-            }
-            d.validate_tls(&key)?;
         }
-        if self.audit.file_bytes.0 < 4096 {
-            return err(format!(
-                "audit.file_bytes must be at least 4KiB, got {}",
-                self.audit.file_bytes
-            ));
-        }
-        if self.audit.max_bytes.0 != 0 && self.audit.max_bytes.0 < 2 * self.audit.file_bytes.0 {
-            return err(format!(
-                "audit.max_bytes ({}) must be 0 (automatic) or at least twice audit.file_bytes ({})",
-                self.audit.max_bytes, self.audit.file_bytes
-            ));
-        }
+        self.audit.validate()?;
         if self.dedup.max_keys == 0 {
             return err("dedup.max_keys must be at least 1".into());
         }
@@ -578,6 +473,97 @@ impl Config {
     }
 }
 
+impl StorageConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        let s = self;
+        if s.dir.as_os_str().is_empty() {
+            return err("storage.dir must not be empty".into());
+        }
+        if s.segment_bytes.0 < 4096 {
+            return err(format!(
+                "storage.segment_bytes must be at least 4KiB, got {}",
+                s.segment_bytes
+            ));
+        }
+        if s.max_bytes.0 < s.segment_bytes.0 {
+            return err(format!(
+                "storage.max_bytes ({}) must be at least storage.segment_bytes ({})",
+                s.max_bytes, s.segment_bytes
+            ));
+        }
+        if s.fsync == FsyncMode::Interval && s.fsync_interval.0.is_zero() {
+            return err(
+                "storage.fsync_interval must be greater than 0 when storage.fsync = \"interval\""
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl OtlpReceiverConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        let r = self;
+        if r.grpc.is_off() && r.http.is_off() {
+            return err(
+                "receivers.otlp: both grpc and http are disabled; nothing would receive spans"
+                    .into(),
+            );
+        }
+        if r.max_request_bytes.0 == 0 {
+            return err("receivers.otlp.max_request_bytes must be greater than 0".into());
+        }
+        if r.max_decompressed_bytes.0 < r.max_request_bytes.0 {
+            return err(format!(
+                "receivers.otlp.max_decompressed_bytes ({}) must be at least max_request_bytes ({})",
+                r.max_decompressed_bytes, r.max_request_bytes
+            ));
+        }
+        if r.max_decompressed_bytes.0 > (1 << 30) {
+            return err("receivers.otlp.max_decompressed_bytes must be at most 1GiB".into());
+        }
+        if r.max_connections == 0 {
+            return err("receivers.otlp.max_connections must be at least 1".into());
+        }
+        if r.max_concurrent_streams == 0 {
+            return err("receivers.otlp.max_concurrent_streams must be at least 1".into());
+        }
+        for (key, d) in [
+            ("receivers.otlp.header_read_timeout", r.header_read_timeout),
+            ("receivers.otlp.body_read_timeout", r.body_read_timeout),
+        ] {
+            if d.0.is_zero() {
+                return err(format!("{key} must be greater than 0"));
+            }
+        }
+        if let Some(tls) = &r.tls {
+            tls.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl AuditConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.file_bytes.0 < 4096 {
+            return err(format!(
+                "audit.file_bytes must be at least 4KiB, got {}",
+                self.file_bytes
+            ));
+        }
+        if self.max_bytes.0 != 0 && self.max_bytes.0 < 2 * self.file_bytes.0 {
+            return err(format!(
+                "audit.max_bytes ({}) must be 0 (automatic) or at least twice audit.file_bytes ({})",
+                self.max_bytes, self.file_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The `config` crate names a key inside an array `destinations[0]endpoint`; we
 /// write it as the rest of our messages do, `destinations[0].endpoint`.
 fn dotted_keys(message: &str) -> String {
@@ -597,6 +583,50 @@ fn dotted_keys(message: &str) -> String {
 }
 
 impl DestinationConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        let d = self;
+        if d.name.is_empty()
+            || !d
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return err(format!(
+                "{key}.name {:?}: use letters, digits, '-', '_' or '.'",
+                d.name
+            ));
+        }
+        if d.max_in_flight == 0 || d.max_in_flight > 1024 {
+            return err(format!(
+                "{key}.max_in_flight must be between 1 and 1024, got {}",
+                d.max_in_flight
+            ));
+        }
+        if d.timeout.0.is_zero() {
+            return err(format!("{key}.timeout must be greater than 0"));
+        }
+        if d.retry.initial_backoff.0.is_zero() || d.retry.max_backoff.0 < d.retry.initial_backoff.0
+        {
+            return err(format!(
+                "{key}.retry: need 0 < initial_backoff ({}) <= max_backoff ({})",
+                humantime::format_duration(d.retry.initial_backoff.0),
+                humantime::format_duration(d.retry.max_backoff.0)
+            ));
+        }
+        for (name, value) in &d.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::HeaderValue::from_str(value).is_err()
+            {
+                return err(format!(
+                    "{key}.headers: {name:?} is not a valid HTTP header name and value"
+                ));
+            }
+        }
+        d.validate_tls(key)?;
+        Ok(())
+    }
+
     /// The URI exports go to: the endpoint for gRPC; for OTLP/HTTP the endpoint, with
     /// `/v1/traces` added when it has no path.
     pub fn export_uri(&self) -> http::Uri {
