@@ -10,6 +10,11 @@
 //! instance id and the dedup index → cursors → listeners (bound before anything is
 //! announced) → workers.
 //!
+//! Tasks run in stages (`Stage`: a token and the tasks that stop on it): the
+//! receivers, the replay workers, maintenance (dedup index, ledger, state file), the
+//! admin listener. Every task runs until its stage is told to stop, so any that ends
+//! on its own stops the forwarder with an error.
+//!
 //! Shutdown, in order (readable here, in one place):
 //! 1. a signal (or [`Running::shutdown`]) cancels `Control::stop`;
 //! 2. the receivers stop accepting connections and finish the requests in flight
@@ -20,6 +25,7 @@
 //! 4. the dedup index and the ledger are checkpointed, the state file written,
 //!    cursors flushed, the log synced and closed; the process exits 0.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -117,14 +123,12 @@ pub struct Running {
     control: Control,
     grace: Duration,
     dir: std::path::PathBuf,
-    receivers: JoinSet<Result<(), String>>,
+    /// The stages, stopped in this order by [`Running::wait`].
+    receivers: Stage,
     tls_task: Option<JoinHandle<()>>,
-    admin_stop: CancellationToken,
-    admin_task: Option<JoinHandle<Result<(), String>>>,
-    workers_stop: CancellationToken,
-    workers: JoinSet<()>,
-    maintenance_stop: CancellationToken,
-    maintenance: Vec<JoinHandle<()>>,
+    workers: Stage,
+    maintenance: Stage,
+    admin: Stage,
     events_task: JoinHandle<()>,
     ready: Arc<Readiness>,
     metrics: Arc<Metrics>,
@@ -134,6 +138,72 @@ pub struct Running {
     cursors: Vec<Cursor>,
     statuses: Vec<Statuses>,
     dedup: Arc<Dedup>,
+}
+
+/// Tasks that start together and are told to stop together, by their own token:
+/// stages stop one after another, in the order of the module documentation. Each
+/// task runs until it is told to stop, so one that ends on its own has failed
+/// ([`Stage::ended`]).
+struct Stage {
+    name: &'static str,
+    stop: CancellationToken,
+    tasks: JoinSet<Result<(), String>>,
+}
+
+impl Stage {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            stop: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// The token the stage's tasks stop on.
+    fn token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    fn spawn(&mut self, task: impl Future<Output = Result<(), String>> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    fn spawn_unit(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(async move {
+            task.await;
+            Ok(())
+        });
+    }
+
+    /// Why the first of its tasks to end did (never, for a stage without tasks).
+    async fn ended(&mut self) -> String {
+        match self.tasks.join_next().await {
+            Some(Ok(Ok(()))) => "stopped unexpectedly".into(),
+            Some(Ok(Err(e))) => e,
+            Some(Err(e)) => e.to_string(),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Tells the stage to stop and waits for its tasks; those still running after
+    /// `grace` are aborted. False if any had to be.
+    async fn stop(&mut self, grace: Option<Duration>) -> bool {
+        self.stop.cancel();
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        match grace {
+            None => {
+                all.await;
+                true
+            }
+            Some(grace) => {
+                if tokio::time::timeout(grace, all).await.is_ok() {
+                    return true;
+                }
+                self.tasks.shutdown().await;
+                false
+            }
+        }
+    }
 }
 
 type Statuses = (
@@ -351,7 +421,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         )
         .with_pipeline(pipeline),
     );
-    let mut receivers = JoinSet::new();
+    let mut receivers = Stage::new("receiver");
     let max_req = otlp.max_request_bytes.0 as usize;
     let max_dec = otlp.max_decompressed_bytes.0 as usize;
     let limits = server::Limits {
@@ -398,7 +468,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
             limits: limits.clone(),
             metrics: metrics.clone(),
         };
-        receivers.spawn(server::serve(l, rx, stop.clone()));
+        receivers.spawn(server::serve(l, rx, receivers.token()));
     }
     if let Some(l) = http_listener {
         tracing::info!(address = %local(&l), transport = scheme, "OTLP/HTTP receiver listening");
@@ -409,7 +479,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
             limits: limits.clone(),
             metrics: metrics.clone(),
         };
-        receivers.spawn(server::serve(l, rx, stop.clone()));
+        receivers.spawn(server::serve(l, rx, receivers.token()));
     }
     let tls_task = tls.clone().map(|t| {
         tokio::spawn(crate::receiver::tls::watch(
@@ -420,19 +490,18 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         ))
     });
     ready.receivers_up.store(true, Ordering::Relaxed);
-    let admin_stop = CancellationToken::new();
-    let admin_task = admin_listener.map(|l| {
+    let mut admin = Stage::new("admin listener");
+    if let Some(l) = admin_listener {
         tracing::info!(address = %local(&l), "admin listener: /metrics /healthz /readyz");
-        tokio::spawn(admin::serve(
+        admin.spawn(admin::serve(
             l,
             admin::router(metrics.clone(), ready.clone()),
-            admin_stop.clone(),
-        ))
-    });
+            admin.token(),
+        ));
+    }
 
     let dead_letters = DeadLetters::new(&dir);
-    let workers_stop = CancellationToken::new();
-    let mut workers = JoinSet::new();
+    let mut workers = Stage::new("replay worker");
     let mut statuses = Vec::new();
     for (d, cursor) in cfg.destinations.iter().zip(&cursors) {
         if d.is_https() && d.tls.insecure_skip_verify {
@@ -456,25 +525,23 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
             status,
             accounts: accounts.clone(),
         };
-        workers.spawn(worker.run(workers_stop.clone()));
+        workers.spawn_unit(worker.run(workers.token()));
     }
     if cfg.destinations.is_empty() {
         tracing::warn!(
             "no destination configured (no [[destinations]] in the config, OTEL_EXPORTER_OTLP_ENDPOINT unset): spooling only, NOTHING IS BEING FORWARDED"
         );
     }
-    let maintenance_stop = CancellationToken::new();
-    let maintenance = vec![
-        tokio::spawn(dedup::maintain(dedup.clone(), maintenance_stop.clone())),
-        tokio::spawn(ledger::maintain(ledger.clone(), maintenance_stop.clone())),
-        tokio::spawn(write_state(
-            dir.clone(),
-            instance_id.clone(),
-            wal.clone(),
-            statuses.clone(),
-            maintenance_stop.clone(),
-        )),
-    ];
+    let mut maintenance = Stage::new("maintenance");
+    maintenance.spawn_unit(dedup::maintain(dedup.clone(), maintenance.token()));
+    maintenance.spawn_unit(ledger::maintain(ledger.clone(), maintenance.token()));
+    maintenance.spawn_unit(write_state(
+        dir.clone(),
+        instance_id.clone(),
+        wal.clone(),
+        statuses.clone(),
+        maintenance.token(),
+    ));
     let events_task = tokio::spawn(log_events(events));
     tracing::info!(
         instance_id = %instance_id,
@@ -493,12 +560,9 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         dir,
         receivers,
         tls_task,
-        admin_stop,
-        admin_task,
-        workers_stop,
         workers,
-        maintenance_stop,
         maintenance,
+        admin,
         events_task,
         ready,
         metrics,
@@ -529,12 +593,9 @@ impl Running {
             dir,
             mut receivers,
             tls_task,
-            admin_stop,
-            admin_task,
-            workers_stop,
             mut workers,
-            maintenance_stop,
-            maintenance,
+            mut maintenance,
+            mut admin,
             events_task,
             ready,
             metrics,
@@ -546,70 +607,36 @@ impl Running {
             dedup,
         } = self;
         let stop = control.stop;
-        // 1–2. Wait for a signal, or any stage ending on its own (a receiver, a
-        // replay worker, the admin listener: each runs until told to stop, so one
-        // that ends has failed), then drain the receivers.
-        let mut admin_task = admin_task;
-        let admin_done = async {
-            match admin_task.as_mut() {
-                Some(t) => t.await,
-                None => std::future::pending().await,
-            }
-        };
+        // 1–2. Wait for a signal, or any stage ending on its own (each task runs
+        // until told to stop, so one that ends has failed), then drain the receivers.
         let ended = tokio::select! {
             _ = stop.cancelled() => None,
-            Some(done) = receivers.join_next() => Some(("receiver", match done {
-                Ok(Ok(())) => "stopped unexpectedly".to_string(),
-                Ok(Err(e)) => e,
-                Err(e) => e.to_string(),
-            })),
-            Some(done) = workers.join_next() => Some(("replay worker", match done {
-                Ok(()) => "stopped unexpectedly".to_string(),
-                Err(e) => e.to_string(),
-            })),
-            done = admin_done => Some(("admin listener", match done {
-                Ok(Ok(())) => "stopped unexpectedly".to_string(),
-                Ok(Err(e)) => e,
-                Err(e) => e.to_string(),
-            })),
+            e = receivers.ended() => Some((receivers.name, e)),
+            e = workers.ended() => Some((workers.name, e)),
+            e = maintenance.ended() => Some((maintenance.name, e)),
+            e = admin.ended() => Some((admin.name, e)),
         };
         let mut failure = None;
-        if let Some((stage, msg)) = ended {
+        if let Some((stage, detail)) = ended {
             if !stop.is_cancelled() {
-                tracing::error!(stage, error = %msg, "a stage failed; shutting down");
-                failure = Some(RunError::StageFailed { stage, detail: msg });
+                tracing::error!(stage, error = %detail, "a stage failed; shutting down");
+                failure = Some(RunError::StageFailed { stage, detail });
                 stop.cancel();
-            }
-            if stage == "admin listener" {
-                admin_task = None;
             }
         }
         tracing::info!("shutting down: no new requests; finishing those in flight");
         ready.receivers_up.store(false, Ordering::Relaxed);
-        if tokio::time::timeout(grace, async {
-            while receivers.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
-        {
-            tracing::warn!(timeout = ?grace, "requests still in flight after the shutdown timeout; closing their connections");
-            receivers.shutdown().await;
+        if !receivers.stop(Some(grace)).await {
+            tracing::warn!(timeout = ?grace, "requests still in flight after the shutdown timeout; their connections were closed");
         }
         if let Some(t) = tls_task {
             let _ = t.await;
         }
         // 3. Replay workers.
-        workers_stop.cancel();
-        while workers.join_next().await.is_some() {}
+        workers.stop(None).await;
         // 4. Index, ledger, state, cursors, log.
-        maintenance_stop.cancel();
-        for t in maintenance {
-            let _ = t.await;
-        }
-        admin_stop.cancel();
-        if let Some(t) = admin_task {
-            let _ = t.await;
-        }
+        maintenance.stop(None).await;
+        admin.stop(None).await;
         drop(ingest);
         if let Err(e) = ledger.sync() {
             tracing::error!(error = %e, "syncing the audit ledger at shutdown");
