@@ -12,6 +12,7 @@
 //! | [`Accounts::delivered`] | `delivered` | `spans_delivered` | a replay worker, before its cursor moves |
 //! | [`Accounts::dead_lettered`] | `dead_lettered` | `dead_letters`, `spans_dropped{dead_letter}` | a replay worker, once the dead letter is on disk |
 //! | [`Accounts::skipped_damage`] | (written by the log's hook) | `spans_dropped{corruption}` | a replay worker passing a damaged range |
+//! | [`Accounts::started`], `stopped`, `unclean_stop`, `destination_added`, `destination_removed` | the forwarder's life | | start and shutdown (`app.rs`) |
 //! | [`Accounts::hook`] | `dropped`, `damaged`, `quarantined`, `seqs_skipped` | `spans_dropped{drop_oldest}` | the log, before the change reaches the disk |
 
 use std::io;
@@ -136,6 +137,54 @@ impl Accounts {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    // ---- the forwarder's life ----------------------------------------------
+
+    pub fn started(&self, instance_id: &str, next_seq: u64) {
+        let _ = self.ledger.write(&Entry::Started {
+            t: now_ms(),
+            instance_id: instance_id.to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            next_seq,
+        });
+    }
+
+    /// The last stop was not clean; under `fsync` other than `always`, batches
+    /// acknowledged in the `window_ms` before `last_entry_ms` may be lost.
+    pub fn unclean_stop(&self, fsync: &str, last_entry_ms: Option<u64>, window_ms: Option<u64>) {
+        let _ = self.ledger.write(&Entry::UncleanStop {
+            t: now_ms(),
+            fsync: fsync.into(),
+            last_entry_ms,
+            window_ms,
+        });
+    }
+
+    pub fn stopped(&self) {
+        let _ = self.ledger.write(&Entry::Stopped { t: now_ms() });
+    }
+
+    /// A destination is configured for the first time: its cursor starts at
+    /// `from_seq`. Durable before the cursor is made.
+    pub fn destination_added(&self, destination: &str, from_seq: u64) -> io::Result<()> {
+        self.ledger.write(&Entry::DestinationAdded {
+            t: now_ms(),
+            destination: destination.to_string(),
+            from_seq,
+        })?;
+        self.ledger.sync()
+    }
+
+    /// A destination is no longer configured: what it had not been sent up to
+    /// `at_seq` is settled as dropped for it. Durable before the cursor goes.
+    pub fn destination_removed(&self, destination: &str, at_seq: u64) -> io::Result<()> {
+        self.ledger.write(&Entry::DestinationRemoved {
+            t: now_ms(),
+            destination: destination.to_string(),
+            at_seq: Some(at_seq),
+        })?;
+        self.ledger.sync()
     }
 
     // ---- intake ----------------------------------------------------------

@@ -43,7 +43,7 @@ use crate::deadletter::DeadLetters;
 use crate::dedup::{self, Dedup};
 use crate::export::client::Client;
 use crate::export::{DestinationStatus, Worker};
-use crate::ledger::{self, ms, now_ms, Entry, Ledger};
+use crate::ledger::{self, ms, now_ms, Ledger};
 use crate::metrics::Metrics;
 use crate::receiver::tls::TlsServer;
 use crate::receiver::{grpc, http, server, Ingest};
@@ -133,6 +133,7 @@ pub struct Running {
     ready: Arc<Readiness>,
     metrics: Arc<Metrics>,
     ingest: Arc<Ingest>,
+    accounts: Arc<Accounts>,
     ledger: Arc<Ledger>,
     wal: Wal,
     cursors: Vec<Cursor>,
@@ -289,12 +290,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         if window_ms.is_some() {
             tracing::warn!(fsync, window_ms, "the last stop was not clean: batches acknowledged shortly before it may be lost (fsync is not always)");
         }
-        let _ = ledger.write(&Entry::UncleanStop {
-            t: now_ms(),
-            fsync: fsync.into(),
-            last_entry_ms,
-            window_ms,
-        });
+        accounts.unclean_stop(fsync, last_entry_ms, window_ms);
     }
     // On a full disk the ledger's reserve is released, and appends must leave its
     // room to the ledger until it is back.
@@ -331,12 +327,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
             );
         }
     }
-    let _ = ledger.write(&Entry::Started {
-        t: now_ms(),
-        instance_id: instance_id.clone(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        next_seq: report.next_seq,
-    });
+    accounts.started(&instance_id, report.next_seq);
     let dedup = {
         let wal = wal.clone();
         let (window, max_keys) = (cfg.dedup.window.0, cfg.dedup.max_keys);
@@ -352,13 +343,8 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
     for (name, position) in &existing {
         if !names.contains(name) {
             tracing::warn!(destination = %name, position, "destination no longer configured; removing its cursor");
-            ledger
-                .write(&Entry::DestinationRemoved {
-                    t: now_ms(),
-                    destination: name.clone(),
-                    at_seq: Some(wal.stats().last_seq),
-                })
-                .and_then(|()| ledger.sync())
+            accounts
+                .destination_removed(name, wal.stats().last_seq)
                 .map_err(|e| {
                     RunError::Storage(format!("recording the removal of destination {name}: {e}"))
                 })?;
@@ -369,13 +355,8 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
     let mut cursors = Vec::new();
     for d in &cfg.destinations {
         if !existing.iter().any(|(n, _)| n == &d.name) {
-            ledger
-                .write(&Entry::DestinationAdded {
-                    t: now_ms(),
-                    destination: d.name.clone(),
-                    from_seq: wal.oldest_retained(),
-                })
-                .and_then(|()| ledger.sync())
+            accounts
+                .destination_added(&d.name, wal.oldest_retained())
                 .map_err(|e| RunError::Storage(format!("recording destination {}: {e}", d.name)))?;
         }
         let cursor = wal
@@ -567,6 +548,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         ready,
         metrics,
         ingest,
+        accounts,
         ledger,
         wal,
         cursors,
@@ -600,6 +582,7 @@ impl Running {
             ready,
             metrics,
             ingest,
+            accounts,
             ledger,
             wal,
             cursors,
@@ -646,7 +629,7 @@ impl Running {
         }
         let _ = crate::state::write(&dir, &state_now(&instance_id, &wal, &statuses, false));
         ledger.flush_tally();
-        let _ = ledger.write(&Entry::Stopped { t: now_ms() });
+        accounts.stopped();
         ledger.checkpoint();
         *metrics.live.lock().unwrap() = None;
         *ready.wal.lock().unwrap() = None;
