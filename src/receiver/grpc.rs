@@ -55,6 +55,7 @@ impl ExportHandler for Receive {
                 .is_some_and(|v| v.as_bytes() != b"identity");
             let peer = request.remote_addr();
             let body = request.into_inner();
+            let length = Some(body.len() as u64);
             // Uncompressed requests are bounded by the wire limit; compressed ones
             // by the decompressed limit the codec enforced while inflating.
             let body = if !compressed && body.len() > max_encoded {
@@ -73,6 +74,7 @@ impl ExportHandler for Receive {
                     authorization,
                     idempotency_key,
                     compression: Compression::None,
+                    length,
                     body: Request::ready(body),
                 })
                 .await;

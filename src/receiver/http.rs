@@ -78,6 +78,10 @@ async fn export(
             authorization: header(header::AUTHORIZATION.as_str()),
             idempotency_key: header("idempotency-key"),
             compression,
+            length: headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok()),
             body,
         })
         .await;

@@ -74,6 +74,10 @@ pub struct Request {
     /// The `idempotency-key` header or metadata entry.
     pub idempotency_key: Option<Bytes>,
     pub compression: Compression,
+    /// The body's size on the wire when it is known before the body is read (gRPC:
+    /// received already; HTTP: `Content-Length`), for the ledger entry of a request
+    /// refused before that.
+    pub length: Option<u64>,
     pub body: Body,
 }
 
@@ -188,7 +192,7 @@ impl Ingest {
             source: req.source,
             peer: req.peer,
             spans: 0,
-            bytes: 0,
+            bytes: req.length.unwrap_or(0),
             key: None,
             tenant: None,
             result: None,
@@ -549,6 +553,7 @@ mod tests {
             authorization: auth.map(|t| Bytes::from(format!("Bearer {t}"))),
             idempotency_key: key.map(|k| Bytes::from(k.to_string())),
             compression: Compression::None,
+            length: None,
             body,
         }
     }
@@ -576,12 +581,13 @@ mod tests {
             "an unauthenticated body was read"
         );
         // A key too long: refused before the body too, with the tenant known.
+        // Its size, known before the body (gRPC has it, HTTP a Content-Length),
+        // goes into the entry.
         let (body, read) = watched(spans(3));
         let long = "k".repeat(MAX_KEY_LEN);
-        let got = r
-            .ingest
-            .receive(request(Some("s3cret"), Some(&long), body))
-            .await;
+        let mut too_long = request(Some("s3cret"), Some(&long), body);
+        too_long.length = Some(1234);
+        let got = r.ingest.receive(too_long).await;
         assert!(matches!(got, Err(Rejection::Invalid(_))), "{got:?}");
         assert!(!read.load(Ordering::SeqCst));
         // Stored, then the same key again: a duplicate of the same seq.
@@ -661,7 +667,7 @@ mod tests {
             rejected,
             [
                 ("unauthenticated", 0, None, "grpc"),
-                ("invalid", 0, Some("shop"), "grpc"),
+                ("invalid", 1234, Some("shop"), "grpc"),
                 ("invalid", garbage.len() as u64, Some("shop"), "grpc"),
             ]
         );
