@@ -3,7 +3,18 @@
 //! the oldest segments evicted (D1–D2 here), each eviction described per cursor
 //! and reported before the unlink.
 
-use super::*;
+use std::fs::{self, File};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::Writer;
+use crate::config::WhenFull;
+use crate::error::{AppendError, FullReason};
+use crate::format::{decode_header, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::fsutil::{available_bytes, sync_dir};
+use crate::segment::{read_region, SegmentEntry, SegmentScan, Step, RECORDS_START};
+use crate::types::{CursorLoss, Eviction, WalEvent};
 
 impl Writer {
     /// Checks that `need` more bytes fit the budget and the filesystem reserve.

@@ -2,7 +2,21 @@
 //! `fdatasync`, published to readers, answered; and what a failed write or sync
 //! leaves (the active segment cut back to what the last good sync covered).
 
-use super::*;
+use std::fs::File;
+use std::io::{self, IoSlice};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{action_error, Writer, SLOW_SYNC};
+use crate::config::FsyncPolicy;
+use crate::error::{AppendError, FullReason};
+use crate::failpoints::{os_error, Action};
+use crate::fsutil::is_out_of_space;
+use crate::shared::Watermark;
+use crate::types::{Appended, LostRange, WalEvent};
 
 impl Writer {
     /// W1: writes the encoded chunk at the end of the active segment.

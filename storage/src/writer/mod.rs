@@ -46,31 +46,23 @@ mod segments;
 
 pub(crate) use segments::create_segment_file;
 
-use std::fs::{self, File};
-use std::io::{self, IoSlice};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::fs::File;
+use std::io::{self};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
 
-use crate::config::{FsyncPolicy, WhenFull};
-use crate::error::{AppendError, FullReason};
+use crate::config::FsyncPolicy;
+use crate::error::AppendError;
 use crate::failpoints::{os_error, Action};
-use crate::format::{
-    decode_header, encode_head, frame_len, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
-};
-use crate::fsutil::{self, available_bytes, create_new_owner_only, is_out_of_space, sync_dir};
+use crate::format::{encode_head, frame_len, SEGMENT_HEADER_LEN};
 use crate::queue::CommandQueue;
-use crate::segment::{read_region, segment_path, SegmentEntry, SegmentScan, Step, RECORDS_START};
 use crate::shared::{Shared, Watermark};
-use crate::state::{LogState, StateFile, RESERVE_BLOCK};
-use crate::types::{
-    nanos_since_epoch, Appended, CursorLoss, Eviction, LostRange, NewRecord, WalEvent,
-};
+use crate::state::{LogState, StateFile};
+use crate::types::{nanos_since_epoch, Appended, Eviction, NewRecord};
 
 /// A chunk of records is written out when it reaches this size or record count
 /// (one `pwritev` takes at most 1024 slices, two per record).

@@ -1,7 +1,20 @@
 //! S1, C1–C5: sealing the active segment and creating the next one (seqs reserved
 //! in `wal.state` first), and the test faults the writer can be told to inject.
 
-use super::*;
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::SystemTime;
+
+use super::{action_error, Active, Writer};
+use crate::error::{AppendError, FullReason};
+use crate::failpoints::Action;
+use crate::format::{SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::fsutil::{self, create_new_owner_only, is_out_of_space, sync_dir};
+use crate::segment::{segment_path, SegmentEntry};
+use crate::state::{LogState, RESERVE_BLOCK};
+use crate::types::nanos_since_epoch;
 
 impl Writer {
     pub(super) fn needs_rotation(&self, frame: u64) -> bool {
