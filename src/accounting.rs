@@ -501,7 +501,7 @@ impl Accounts {
                     return;
                 }
                 tracing::warn!(
-                    reason = "drop_oldest",
+                    reason = DropReason::DropOldest.as_str(),
                     first_seq = e.first_seq,
                     last_seq = e.last_seq,
                     dropped_records = e.undelivered_records,
@@ -510,7 +510,7 @@ impl Accounts {
                 );
                 for c in &e.per_cursor {
                     tracing::warn!(
-                        reason = "drop_oldest",
+                        reason = DropReason::DropOldest.as_str(),
                         destination = %c.cursor,
                         first_seq = e.first_seq,
                         last_seq = e.last_seq,
@@ -521,7 +521,7 @@ impl Accounts {
                 }
             }
             WalEvent::Damaged(l) => tracing::error!(
-                reason = "corruption",
+                reason = DropReason::Corruption.as_str(),
                 first_seq = l.first_seq,
                 last_seq = l.last_seq,
                 records = l.records(),

@@ -58,8 +58,12 @@ async fn export(
     // A refusal found in the headers still goes through the ingest (after the
     // authentication), so it is counted like any other; it answers in protobuf
     // when the content type is not known.
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let (encoding, body) = match content_type(&headers) {
-        Ok(encoding) => (encoding, read_body(&st, &headers, body)),
+        Ok(encoding) => (encoding, read_body(&st, &headers, length, body)),
         Err(r) => (Encoding::Protobuf, Err(r)),
     };
     let (compression, body) = match body {
@@ -78,10 +82,7 @@ async fn export(
             authorization: header(header::AUTHORIZATION.as_str()),
             idempotency_key: header("idempotency-key"),
             compression,
-            length: headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok()),
+            length,
             body,
         })
         .await;
@@ -98,10 +99,12 @@ async fn export(
     }
 }
 
-/// The body's compression, and a reader of it bounded by `max_request_bytes`.
+/// The body's compression, and a reader of it bounded by `max_request_bytes`
+/// (`length`: the request's `Content-Length`).
 fn read_body(
     st: &HttpState,
     headers: &HeaderMap,
+    length: Option<u64>,
     body: Body,
 ) -> Result<(Compression, super::Body), Rejection> {
     let compression = match headers
@@ -123,14 +126,8 @@ fn read_body(
             "request body of {n} bytes exceeds receivers.otlp.max_request_bytes ({max})"
         ))
     };
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > max as u64 {
-            return Err(too_large(len.to_string()));
-        }
+    if let Some(len) = length.filter(|&len| len > max as u64) {
+        return Err(too_large(len.to_string()));
     }
     let read = async move {
         let raw = Limited::new(body, max).collect().await.map_err(|e| {

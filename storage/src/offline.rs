@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use crate::format::{SegmentHeader, SEGMENT_HEADER_LEN};
 use crate::fsutil::parse_segment_file_name;
-use crate::segment::{read_region, SegmentScan, Step};
+use crate::segment::{read_region, Lost, SegmentScan, Step};
 use crate::types::{time_from_nanos, LostRange, Record};
 
 /// A segment file as found on disk.
@@ -136,6 +136,20 @@ pub fn scan_segment(
     let mut out = SegmentContents::default();
     let first = first_seq;
     let limit = bytes.len();
+    // A sealed segment whose records stop before the next segment's first seq
+    // (damage with nothing valid after it, or a truncated file): the rest is lost.
+    let rest_of_sealed = |last_good: u64, offset: usize, reason: String| {
+        next_first_seq
+            .filter(|&next| next > last_good + 1)
+            .map(|next| {
+                Lost {
+                    first_seq: last_good + 1,
+                    last_seq: next - 1,
+                    spans: None,
+                }
+                .range(first, offset, reason)
+            })
+    };
     let mut scan = SegmentScan::new(first);
     scan.offset = scan.offset.min(limit);
     loop {
@@ -183,38 +197,21 @@ pub fn scan_segment(
                 }
             }
             Step::Unresumable { offset, error, .. } => {
-                match next_first_seq {
-                    // A sealed segment: everything up to the next one is lost.
-                    Some(next) if next > scan.last_good + 1 => {
-                        out.damage.push(LostRange {
-                            first_seq: scan.last_good + 1,
-                            last_seq: next - 1,
-                            segment: first,
-                            offset: offset as u64,
-                            spans: None,
-                            reason: error.to_string(),
-                        });
-                    }
-                    Some(_) => {}
-                    None => out.incomplete_tail = Some((offset as u64, (limit - offset) as u64)),
+                if next_first_seq.is_none() {
+                    out.incomplete_tail = Some((offset as u64, (limit - offset) as u64));
                 }
+                out.damage
+                    .extend(rest_of_sealed(scan.last_good, offset, error.to_string()));
                 return out;
             }
         }
     }
-    let (offset, last_good) = (scan.offset, scan.last_good);
-    if let Some(next) = next_first_seq {
-        if next > last_good + 1 {
-            out.damage.push(LostRange {
-                first_seq: last_good + 1,
-                last_seq: next - 1,
-                segment: first,
-                offset: offset as u64,
-                spans: None,
-                reason: format!("segment ends at byte {offset} (truncated)"),
-            });
-        }
-    }
+    let offset = scan.offset;
+    out.damage.extend(rest_of_sealed(
+        scan.last_good,
+        offset,
+        format!("segment ends at byte {offset} (truncated)"),
+    ));
     out
 }
 

@@ -338,6 +338,17 @@ impl Reader {
         let ws = pos.window_start;
         let rel_limit = limit.min(pos.window_end()) - ws;
         let window = pos.window.clone();
+        // Damaged bytes that held no record (e.g. garbage after the last frame of
+        // a sealed segment): nothing lost.
+        let no_records_lost = |offset: usize, reason: &str| {
+            tracing::warn!(
+                segment = %path.display(),
+                offset,
+                error = %reason,
+                "damaged bytes without records skipped"
+            );
+            Step::Again
+        };
         match SegmentScan::at(pos.offset - ws, last_good).peek(&window, rel_limit) {
             ScanStep::Stale { offset, frame } => {
                 pos.offset = offset + ws + frame.frame_len();
@@ -397,17 +408,7 @@ impl Reader {
                         let lost = l.range(pos.segment, damage_at, reason);
                         Ok(self.damaged(lost))
                     }
-                    None => {
-                        // Damaged bytes that held no record (e.g. garbage after
-                        // the last frame of a sealed segment): nothing lost.
-                        tracing::warn!(
-                            segment = %path.display(),
-                            offset = damage_at,
-                            error = %reason,
-                            "damaged bytes without records skipped"
-                        );
-                        Ok(Step::Again)
-                    }
+                    None => Ok(no_records_lost(damage_at, &reason)),
                 }
             }
             ScanStep::Unresumable {
@@ -433,13 +434,7 @@ impl Reader {
                 pos.offset = limit;
                 pos.last_good = last_lost.max(last_good);
                 if last_lost < first_lost {
-                    tracing::warn!(
-                        segment = %path.display(),
-                        offset = damage_at,
-                        error = %reason,
-                        "damaged bytes without records skipped"
-                    );
-                    return Ok(Step::Again);
+                    return Ok(no_records_lost(damage_at, &reason));
                 }
                 let lost = LostRange {
                     first_seq: first_lost,
