@@ -23,7 +23,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use tracespool_storage::{EventHook, Gap, LostRange, Record, WalEvent};
 
-use crate::ledger::{ms, now_ms, Entry, Ledger, Removed};
+use crate::ledger::{ms, now_ms, Entry, Ledger, Receipt, Removed};
 use crate::metrics::{Metrics, ProtocolLabel};
 use crate::status::Rejection;
 
@@ -275,7 +275,13 @@ impl Accounts {
 
     /// `destination` accepted `record` after `attempts` tries. The entry comes
     /// first: the cursor may move past the record only once this returned `Ok`.
-    pub fn delivered(&self, destination: &str, record: &Record, attempts: u32) -> io::Result<()> {
+    pub fn delivered(
+        &self,
+        destination: &str,
+        record: &Record,
+        attempts: u32,
+        receipt: Option<&Receipt>,
+    ) -> io::Result<()> {
         self.ledger.write(&Entry::Delivered {
             t: now_ms(),
             destination: destination.to_string(),
@@ -284,11 +290,18 @@ impl Accounts {
             spans: record.span_count as u64,
             attempts,
             by: None,
+            receipt: receipt.cloned(),
         })?;
         self.metrics
             .spans_delivered
             .get_or_create(&self.metrics.dest(destination))
             .inc_by(record.span_count as u64);
+        if receipt.is_some_and(|r| r.duplicate) {
+            self.metrics
+                .export_duplicates
+                .get_or_create(&self.metrics.dest(destination))
+                .inc();
+        }
         tracing::debug!(
             destination,
             seq = record.seq,
@@ -596,7 +609,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = accounts(dir.path());
         let dest = "destination=\"east\"";
-        a.delivered("east", &record(1, 4), 2).unwrap();
+        a.delivered("east", &record(1, 4), 2, None).unwrap();
         a.dead_lettered("east", &record(2, 3), 5, "InvalidArgument: no")
             .unwrap();
         let gap = Gap {

@@ -462,6 +462,15 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         };
         receivers.spawn(server::serve(l, rx, receivers.token()));
     }
+    if let Some(js) = &cfg.receivers.jetstream {
+        receivers.spawn(crate::receiver::jetstream::run(
+            js.clone(),
+            instance_id.clone(),
+            ingest.clone(),
+            metrics.clone(),
+            receivers.token(),
+        ));
+    }
     let tls_task = tls.clone().map(|t| {
         tokio::spawn(crate::receiver::tls::watch(
             t,
@@ -488,12 +497,12 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         if d.is_https() && d.tls.insecure_skip_verify {
             tracing::error!(
                 destination = %d.name,
-                endpoint = %d.endpoint,
+                endpoint = %d.target(),
                 "TLS certificate verification is OFF for this destination (tls.insecure_skip_verify = true): anyone on the path can read and change what is exported"
             );
         }
-        let client =
-            Client::new(d).map_err(|e| RunError::config(format!("destination {}", d.name), e))?;
+        let client = Client::new(d, &instance_id)
+            .map_err(|e| RunError::config(format!("destination {}", d.name), e))?;
         let status = Arc::new(DestinationStatus::default());
         statuses.push((d.clone(), cursor.clone(), status.clone()));
         let worker = Worker {
@@ -725,7 +734,7 @@ fn state_now(
                 let success = status.last_success_ms.load(Ordering::Relaxed);
                 DestinationState {
                     name: cfg.name.clone(),
-                    endpoint: cfg.endpoint.to_string(),
+                    endpoint: cfg.target(),
                     position: cursor.position(),
                     backlog_records: b.records,
                     backlog_spans: b.spans,

@@ -37,6 +37,7 @@ pub mod fuzzing;
 pub mod instance;
 pub mod ledger;
 pub mod metrics;
+pub mod nats;
 pub mod otlp;
 pub mod pem;
 pub mod process;

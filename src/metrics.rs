@@ -12,7 +12,9 @@
 //! | `tracespool_records_dropped_total` | reason, destination | the same in records (batches) |
 //! | `tracespool_spans_delivered_after_eviction_total` | destination | counted as drop_oldest, then delivered after all |
 //! | `tracespool_spans_rejected_by_backend_total` | destination | partial success `rejected_spans` |
-//! | `tracespool_export_requests_total` | destination, outcome | success, retryable, permanent, auth |
+//! | `tracespool_export_requests_total` | destination, outcome | success, retryable, full, permanent, auth |
+//! | `tracespool_export_duplicates_total` | destination | JetStream PubAcks with `duplicate: true` (delivered already) |
+//! | `tracespool_jetstream_messages_total` | outcome | source messages: stored, duplicate, discarded, refused (and not acked), invalid (terminated) |
 //! | `tracespool_export_duration_seconds` | destination | one export attempt |
 //! | `tracespool_export_retries_total` | destination | attempts after a failure |
 //! | `tracespool_egress_bytes_total` | destination | bytes sent, after compression |
@@ -63,6 +65,15 @@ pub struct ReceiverLabel {
 pub struct ResultLabel {
     pub result: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+/// What became of a message taken from the JetStream source.
+pub const JETSTREAM_OUTCOMES: [&str; 5] =
+    ["stored", "duplicate", "discarded", "refused", "invalid"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabel {
@@ -118,10 +129,10 @@ fn histogram() -> Histogram {
     Histogram::new(latency_buckets())
 }
 
-pub const PROTOCOLS: [&str; 3] = ["grpc", "http/protobuf", "http/json"];
+pub const PROTOCOLS: [&str; 4] = ["grpc", "http/protobuf", "http/json", "jetstream"];
 pub const RECEIVERS: [&str; 2] = ["grpc", "http"];
 pub const CONNECTION_OUTCOMES: [&str; 4] = ["accepted", "over_limit", "tls_failed", "timed_out"];
-pub const EXPORT_OUTCOMES: [&str; 4] = ["success", "retryable", "permanent", "auth"];
+pub const EXPORT_OUTCOMES: [&str; 5] = ["success", "retryable", "full", "permanent", "auth"];
 
 /// The metrics, shared by everything that updates them.
 pub struct Metrics {
@@ -137,6 +148,8 @@ pub struct Metrics {
     pub export_requests: Family<DestinationOutcome, Counter>,
     pub export_duration: Family<DestinationLabel, Histogram, fn() -> Histogram>,
     pub export_retries: Family<DestinationLabel, Counter>,
+    pub export_duplicates: Family<DestinationLabel, Counter>,
+    pub jetstream_messages: Family<OutcomeLabel, Counter>,
     pub egress_bytes: Family<DestinationLabel, Counter>,
     pub dead_letters: Family<DestinationLabel, Counter>,
     pub append_duration: Histogram,
@@ -173,6 +186,8 @@ impl Metrics {
             export_requests: Family::default(),
             export_duration: Family::new_with_constructor(histogram as fn() -> Histogram),
             export_retries: Family::default(),
+            export_duplicates: Family::default(),
+            jetstream_messages: Family::default(),
             egress_bytes: Family::default(),
             dead_letters: Family::default(),
             append_duration: histogram(),
@@ -244,6 +259,16 @@ impl Metrics {
             "export_retries",
             "Export attempts after a failed one",
             m.export_retries.clone(),
+        );
+        registry.register(
+            "export_duplicates",
+            "Exports a JetStream stream acknowledged as duplicates of a message it holds",
+            m.export_duplicates.clone(),
+        );
+        registry.register(
+            "jetstream_messages",
+            "Messages taken from the JetStream source, by what became of them",
+            m.jetstream_messages.clone(),
         );
         registry.register_with_unit(
             "egress",
@@ -331,6 +356,11 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = m.tls_reloads.get_or_create(&ResultLabel { result });
         }
+        for outcome in JETSTREAM_OUTCOMES {
+            let _ = m
+                .jetstream_messages
+                .get_or_create(&OutcomeLabel { outcome });
+        }
         for d in destinations {
             let dest = DestinationLabel {
                 destination: d.clone(),
@@ -340,6 +370,7 @@ impl Metrics {
             let _ = m.spans_rejected_by_backend.get_or_create(&dest);
             let _ = m.export_duration.get_or_create(&dest);
             let _ = m.export_retries.get_or_create(&dest);
+            let _ = m.export_duplicates.get_or_create(&dest);
             let _ = m.egress_bytes.get_or_create(&dest);
             let _ = m.dead_letters.get_or_create(&dest);
             for outcome in EXPORT_OUTCOMES {

@@ -5,6 +5,7 @@
 //!
 //! `config/tracespool.toml` documents every key with its default.
 
+pub mod jetstream;
 mod otel_env;
 pub mod processors;
 pub mod security;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use jetstream::{JetStreamReceiverConfig, NatsAuth, NatsCredentials, StreamSettings};
 pub use processors::ProcessorConfig;
 pub use security::{DestinationTlsConfig, ReceiverAuthConfig, ReceiverTlsConfig, TokenConfig};
 pub use units::{ByteSize, Dur, Endpoint, Listen};
@@ -131,6 +133,9 @@ pub enum WhenFull {
 #[serde(deny_unknown_fields, default)]
 pub struct ReceiversConfig {
     pub otlp: OtlpReceiverConfig,
+    /// A JetStream stream to drain (a gateway); absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<JetStreamReceiverConfig>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -183,6 +188,8 @@ impl Default for OtlpReceiverConfig {
 pub enum Protocol {
     Grpc,
     Http,
+    /// Publish each record to a NATS JetStream stream.
+    Jetstream,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,10 +205,34 @@ pub struct DestinationConfig {
     /// Unique name; also the name of the destination's cursor in the log.
     pub name: String,
     /// `http://host:port` (gRPC, or OTLP/HTTP where `/v1/traces` is added when the
-    /// URL has no path) or a full OTLP/HTTP URL.
-    pub endpoint: Endpoint,
+    /// URL has no path) or a full OTLP/HTTP URL. Not for JetStream (`urls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
+    /// JetStream: the NATS servers (`nats://host:port`, `tls://host:port`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    /// JetStream: the stream the subject belongs to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stream: String,
+    /// JetStream: the subject each record is published on; may use `{tenant}`,
+    /// `{service}` (the first resource's `service.name`) and `{instance}` as tokens.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subject: String,
+    /// JetStream: the tenant this edge publishes for (`{tenant}`, and the
+    /// `Tracespool-Tenant` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// JetStream: create the stream with `stream_config` when it does not exist
+    /// (otherwise a missing stream is an error, retried until it is created).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create_stream: bool,
+    #[serde(default, skip_serializing_if = "StreamSettings::is_default")]
+    pub stream_config: StreamSettings,
+    /// JetStream: how we authenticate to the servers.
+    #[serde(default, skip_serializing_if = "NatsCredentials::is_default")]
+    pub credentials: NatsCredentials,
     /// Sent with every export (e.g. an API key).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -224,6 +255,31 @@ pub struct DestinationConfig {
     /// For `https://` endpoints.
     #[serde(default, skip_serializing_if = "DestinationTlsConfig::is_default")]
     pub tls: DestinationTlsConfig,
+}
+
+impl Default for DestinationConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            endpoint: None,
+            protocol: default_protocol(),
+            urls: Vec::new(),
+            stream: String::new(),
+            subject: String::new(),
+            tenant: None,
+            create_stream: false,
+            stream_config: StreamSettings::default(),
+            credentials: NatsCredentials::default(),
+            headers: BTreeMap::new(),
+            header_files: BTreeMap::new(),
+            header_env: BTreeMap::new(),
+            timeout: default_timeout(),
+            compression: default_compression(),
+            max_in_flight: default_in_flight(),
+            retry: RetryConfig::default(),
+            tls: DestinationTlsConfig::default(),
+        }
+    }
 }
 
 fn default_protocol() -> Protocol {
@@ -360,7 +416,13 @@ impl Config {
     /// Reads tokens, header values and hash keys given as files or variables.
     fn resolve_secrets(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
         self.receivers.otlp.auth.resolve(env)?;
+        if let Some(js) = &mut self.receivers.jetstream {
+            js.credentials
+                .resolve("receivers.jetstream.credentials", env)?;
+        }
         for (i, d) in self.destinations.iter_mut().enumerate() {
+            d.credentials
+                .resolve(&format!("destinations[{i}].credentials"), env)?;
             let files = std::mem::take(&mut d.header_files);
             let vars = std::mem::take(&mut d.header_env);
             for (name, path) in &files {
@@ -398,6 +460,9 @@ impl Config {
         let err = |m: String| Err(ConfigError(m));
         self.storage.validate()?;
         self.receivers.otlp.validate()?;
+        if let Some(js) = &self.receivers.jetstream {
+            js.validate()?;
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             let key = format!("destinations[{i}]");
@@ -623,14 +688,103 @@ impl DestinationConfig {
                 ));
             }
         }
-        d.validate_tls(key)?;
+        match d.protocol {
+            Protocol::Jetstream => d.validate_jetstream(key)?,
+            Protocol::Grpc | Protocol::Http => d.validate_otlp(key)?,
+        }
         Ok(())
+    }
+
+    fn validate_otlp(&self, key: &str) -> Result<(), ConfigError> {
+        if self.endpoint.is_none() {
+            return Err(ConfigError(format!(
+                "{key}.endpoint is missing: name the backend (http://host:port)"
+            )));
+        }
+        let only_jetstream = [
+            ("urls", !self.urls.is_empty()),
+            ("stream", !self.stream.is_empty()),
+            ("subject", !self.subject.is_empty()),
+            ("tenant", self.tenant.is_some()),
+            ("create_stream", self.create_stream),
+            ("stream_config", !self.stream_config.is_default()),
+            ("credentials", !self.credentials.is_default()),
+        ];
+        if let Some((name, _)) = only_jetstream.iter().find(|(_, set)| *set) {
+            return Err(ConfigError(format!(
+                "{key}.{name} applies to protocol = \"jetstream\" only"
+            )));
+        }
+        self.validate_tls(key)
+    }
+
+    fn validate_jetstream(&self, key: &str) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if let Some(e) = &self.endpoint {
+            return err(format!(
+                "{key}.endpoint {:?}: a JetStream destination names its servers in urls",
+                e.as_str()
+            ));
+        }
+        jetstream::check_urls(key, &self.urls)?;
+        jetstream::check_name(&format!("{key}.stream"), &self.stream)?;
+        if self.subject.is_empty() {
+            return err(format!(
+                "{key}.subject is missing: the subject records are published on"
+            ));
+        }
+        jetstream::check_subject_template(&format!("{key}.subject"), &self.subject)?;
+        if let Some(t) = &self.tenant {
+            if t.is_empty()
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            {
+                return err(format!(
+                    "{key}.tenant {t:?}: use letters, digits, '-' or '_' (it may be a subject token)"
+                ));
+            }
+        } else if self.subject.contains("{tenant}") {
+            return err(format!("{key}.subject uses {{tenant}}: set {key}.tenant"));
+        }
+        if !self.headers.is_empty() {
+            return err(format!(
+                "{key}.headers: not sent to JetStream (credentials go in {key}.credentials)"
+            ));
+        }
+        if self.compression != Compression::None {
+            return err(format!(
+                "{key}.compression: JetStream messages carry the stored bytes; leave it \"none\""
+            ));
+        }
+        if self.tls.server_name.is_some() {
+            return err(format!(
+                "{key}.tls.server_name: not supported for JetStream (the certificate is verified against the URL's host)"
+            ));
+        }
+        let s = &self.stream_config;
+        if !(1..=5).contains(&s.replicas) {
+            return err(format!(
+                "{key}.stream_config.replicas must be between 1 and 5, got {}",
+                s.replicas
+            ));
+        }
+        if s.duplicate_window.0 < Duration::from_millis(100) {
+            return err(format!(
+                "{key}.stream_config.duplicate_window must be at least 100ms"
+            ));
+        }
+        self.validate_tls(key)
     }
 
     /// The URI exports go to: the endpoint for gRPC; for OTLP/HTTP the endpoint, with
     /// `/v1/traces` added when it has no path.
     pub fn export_uri(&self) -> http::Uri {
-        let uri = self.endpoint.uri().clone();
+        let Some(endpoint) = &self.endpoint else {
+            // Validated: only JetStream destinations have no endpoint.
+            return http::Uri::from_static("nats://jetstream");
+        };
+        let uri = endpoint.uri().clone();
         if self.protocol == Protocol::Http && matches!(uri.path(), "" | "/") {
             let mut parts = uri.clone().into_parts();
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/v1/traces"));
@@ -640,8 +794,21 @@ impl DestinationConfig {
         uri
     }
 
+    /// TLS is used: an `https://` endpoint, or a `tls://` NATS server or TLS settings.
     pub fn is_https(&self) -> bool {
-        self.endpoint.is_https()
+        match &self.endpoint {
+            Some(e) => e.is_https(),
+            None => jetstream::wants_tls(&self.urls, &self.tls),
+        }
+    }
+
+    /// Where it sends, for logs and `status`: the endpoint, or the NATS servers and
+    /// the stream.
+    pub fn target(&self) -> String {
+        match &self.endpoint {
+            Some(e) => e.to_string(),
+            None => format!("{} stream {}", self.urls.join(","), self.stream),
+        }
     }
 
     fn validate_tls(&self, key: &str) -> Result<(), ConfigError> {
@@ -651,7 +818,7 @@ impl DestinationConfig {
             if !t.is_default() {
                 return Err(ConfigError(format!(
                     "{key}.tls: the endpoint {:?} is plain http://; use https:// for TLS",
-                    self.endpoint.as_str()
+                    self.target()
                 )));
             }
             return Ok(());

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use super::{
     Compression, ConfigError, DestinationConfig, DestinationTlsConfig, Dur, Endpoint, Protocol,
-    RetryConfig,
 };
 
 /// The name of the destination made from the environment.
@@ -62,7 +61,7 @@ pub fn destination_from_env(
             let b = b.trim().trim_end_matches('/');
             match protocol {
                 Protocol::Http => format!("{b}/v1/traces"),
-                Protocol::Grpc => b.to_string(),
+                Protocol::Grpc | Protocol::Jetstream => b.to_string(),
             }
         }
         (None, None) => unreachable!(),
@@ -149,16 +148,13 @@ pub fn destination_from_env(
         Endpoint::parse(&endpoint).map_err(|e| ConfigError(format!("{key}={endpoint:?}: {e}")))?;
     Ok(Some(DestinationConfig {
         name: ENV_DESTINATION.into(),
-        endpoint,
+        endpoint: Some(endpoint),
         protocol,
         headers,
-        header_files: BTreeMap::new(),
-        header_env: BTreeMap::new(),
         timeout: Dur(timeout),
         compression,
-        max_in_flight: super::default_in_flight(),
-        retry: RetryConfig::default(),
         tls,
+        ..Default::default()
     }))
 }
 
@@ -207,7 +203,10 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(d.protocol, Protocol::Http);
-        assert_eq!(d.endpoint.as_str(), "http://collector:4318/v1/traces");
+        assert_eq!(
+            d.endpoint.as_ref().unwrap().as_str(),
+            "http://collector:4318/v1/traces"
+        );
     }
 
     #[test]
@@ -228,7 +227,10 @@ mod tests {
         ]))
         .unwrap()
         .unwrap();
-        assert_eq!(d.endpoint.as_str(), "http://collector:4317");
+        assert_eq!(
+            d.endpoint.as_ref().unwrap().as_str(),
+            "http://collector:4317"
+        );
         assert_eq!(d.protocol, Protocol::Grpc);
         assert_eq!(d.headers["api-key"], "se cret");
         assert_eq!(d.headers["x-tenant"], "a");

@@ -195,15 +195,7 @@ fn the_reference_config_documents_every_key_with_its_default() {
     let mut with_dest = defaults.clone();
     with_dest.destinations.push(DestinationConfig {
         name: "x".into(),
-        endpoint: Endpoint::parse("http://x:1").unwrap(),
-        protocol: default_protocol(),
-        headers: Default::default(),
-        timeout: default_timeout(),
-        compression: default_compression(),
-        max_in_flight: default_in_flight(),
-        retry: Default::default(),
-        header_files: Default::default(),
-        header_env: Default::default(),
+        endpoint: Some(Endpoint::parse("http://x:1").unwrap()),
         tls: DestinationTlsConfig {
             ca_file: Some("/ca.pem".into()),
             cert_file: Some("/c.pem".into()),
@@ -211,6 +203,45 @@ fn the_reference_config_documents_every_key_with_its_default() {
             server_name: Some("x".into()),
             insecure_skip_verify: false,
         },
+        ..Default::default()
+    });
+    // A JetStream destination and source, with every key.
+    let credentials = NatsCredentials {
+        token_file: Some("/t".into()),
+        token_env: Some("T".into()),
+        user: Some("u".into()),
+        password_file: Some("/p".into()),
+        password_env: Some("P".into()),
+        nkey_seed_file: Some("/s".into()),
+        nkey_seed_env: Some("S".into()),
+        creds_file: Some("/c.creds".into()),
+        resolved: None,
+    };
+    with_dest.destinations.push(DestinationConfig {
+        name: "js".into(),
+        protocol: Protocol::Jetstream,
+        urls: vec!["nats://x:4222".into()],
+        stream: "S".into(),
+        subject: "s.{tenant}".into(),
+        tenant: Some("t".into()),
+        create_stream: true,
+        stream_config: StreamSettings {
+            replicas: 1,
+            ..Default::default()
+        },
+        credentials: credentials.clone(),
+        ..Default::default()
+    });
+    with_dest.receivers.jetstream = Some(JetStreamReceiverConfig {
+        urls: vec!["nats://x:4222".into()],
+        stream: "S".into(),
+        filter_subject: "s.>".into(),
+        credentials,
+        tls: DestinationTlsConfig {
+            ca_file: Some("/ca.pem".into()),
+            ..Default::default()
+        },
+        ..Default::default()
     });
     // And every optional table: receiver TLS, a token, each processor.
     with_dest.receivers.otlp.tls = Some(ReceiverTlsConfig {
@@ -401,5 +432,68 @@ fn tls_and_processor_mistakes_name_the_key() {
     ] {
         let e = load_err(text, &[]);
         assert!(e.contains(want), "{text}\n→ {e}\n(wanted {want})");
+    }
+}
+
+#[test]
+fn jetstream_destinations_and_sources_load_and_their_mistakes_name_the_key() {
+    let js = "[[destinations]]\nname = \"s\"\nprotocol = \"jetstream\"\nurls = [\"nats://a:4222\", \"tls://b:4222\"]\nstream = \"TRACES\"\nsubject = \"traces.{tenant}.{service}\"\ntenant = \"shop-1\"\n";
+    let f = file(&format!(
+        "{js}[destinations.credentials]\nuser = \"edge\"\npassword_env = \"NATS_PW\"\n\n[receivers.jetstream]\nurls = [\"nats://a:4222\"]\nstream = \"TRACES\"\n"
+    ));
+    let cfg = Config::load(Some(f.path()), &env(&[("NATS_PW", "pw")])).unwrap();
+    let d = &cfg.destinations[0];
+    assert_eq!(d.protocol, Protocol::Jetstream);
+    assert!(d.is_https(), "a tls:// server means TLS");
+    assert_eq!(
+        d.credentials.resolved,
+        Some(NatsAuth::UserPassword("edge".into(), "pw".into()))
+    );
+    assert!(!cfg.to_redacted_toml().contains("\"pw\""));
+    let r = cfg.receivers.jetstream.as_ref().unwrap();
+    assert_eq!((r.consumer.as_str(), r.batch), ("tracespool", 64));
+
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[destinations]]\nname = \"s\"\nprotocol = \"jetstream\"\nstream = \"T\"\nsubject = \"t\"\n",
+            "destinations[0].urls",
+        ),
+        (
+            "[[destinations]]\nname = \"s\"\nprotocol = \"jetstream\"\nendpoint = \"http://x:1\"\nurls = [\"nats://a\"]\nstream = \"T\"\nsubject = \"t\"\n",
+            "names its servers in urls",
+        ),
+        (
+            "[[destinations]]\nname = \"s\"\nprotocol = \"jetstream\"\nurls = [\"nats://a\"]\nstream = \"T\"\nsubject = \"t.{tenant}\"\n",
+            "set destinations[0].tenant",
+        ),
+        (
+            "[[destinations]]\nname = \"s\"\nprotocol = \"jetstream\"\nurls = [\"nats://a\"]\nstream = \"T.x\"\nsubject = \"t\"\n",
+            "destinations[0].stream",
+        ),
+        (
+            "[[destinations]]\nname = \"s\"\nprotocol = \"jetstream\"\nurls = [\"nats://a\"]\nstream = \"T\"\nsubject = \"t\"\ncompression = \"gzip\"\n",
+            "destinations[0].compression",
+        ),
+        (
+            "[[destinations]]\nname = \"o\"\nendpoint = \"http://x:1\"\nstream = \"T\"\n",
+            "destinations[0].stream applies to protocol = \"jetstream\" only",
+        ),
+        (
+            "[[destinations]]\nname = \"o\"\nprotocol = \"grpc\"\n",
+            "destinations[0].endpoint is missing",
+        ),
+        (
+            "[receivers.jetstream]\nurls = [\"nats://a\"]\nstream = \"T\"\nbatch = 100\nmax_ack_pending = 10\n",
+            "receivers.jetstream.batch",
+        ),
+        (
+            "[receivers.jetstream]\nurls = [\"nats://user:pw@a\"]\nstream = \"T\"\n",
+            "carries credentials",
+        ),
+    ];
+    for (text, wanted) in cases {
+        let e = load_err(text, &[]);
+        assert!(e.contains(wanted), "{text}\n→ {e}\n(wanted {wanted:?})");
+        assert!(!e.contains("pw@"), "a secret in an error: {e}");
     }
 }

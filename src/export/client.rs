@@ -2,6 +2,7 @@
 //! codec) or OTLP/HTTP protobuf (hyper), and sorting the answer into what the replay
 //! worker does next.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,15 +14,35 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use super::jetstream::JetStreamClient;
 use crate::config::{Compression, DestinationConfig, Protocol};
 use crate::otlp::codec::{RawCodec, EXPORT_PATH};
 use crate::otlp::partial_success;
+
+/// One record to export: its stored bytes, its idempotency key, and what a
+/// destination may put beside them (JetStream headers).
+#[derive(Clone, Debug)]
+pub struct Export<'a> {
+    pub payload: Bytes,
+    pub key: &'a str,
+    pub seq: u64,
+    pub spans: u32,
+}
+
+pub use crate::ledger::Receipt;
 
 /// The outcome of one export attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sent {
     /// Accepted; `rejected` spans were refused by the backend (partial success).
-    Ok { rejected: i64, message: String },
+    Ok {
+        rejected: i64,
+        message: String,
+        receipt: Option<Receipt>,
+    },
+    /// The destination has no room (a full stream): retried like a transient
+    /// failure, counted apart.
+    Full { reason: String },
     /// Worth retrying: unavailable, overloaded, timed out, connection refused/reset.
     Transient {
         reason: String,
@@ -40,10 +61,12 @@ const MAX_RESPONSE_BYTES: usize = 1 << 20;
 pub enum Client {
     Grpc(GrpcClient),
     Http(Box<HttpClient>),
+    JetStream(Arc<JetStreamClient>),
 }
 
 impl Client {
-    pub fn new(cfg: &DestinationConfig) -> Result<Self, String> {
+    /// A client for `cfg`; `instance_id` names us to destinations that carry it.
+    pub fn new(cfg: &DestinationConfig, instance_id: &str) -> Result<Self, String> {
         let uri = cfg.export_uri();
         let timeout = cfg.timeout.0;
         match cfg.protocol {
@@ -82,6 +105,10 @@ impl Client {
                     gzip: cfg.compression == Compression::Gzip,
                 }))
             }
+            Protocol::Jetstream => Ok(Self::JetStream(Arc::new(JetStreamClient::new(
+                cfg,
+                instance_id,
+            )))),
             Protocol::Http => {
                 let mut connector = HttpConnector::new();
                 connector.enforce_http(false);
@@ -112,10 +139,11 @@ impl Client {
 
     /// Sends one `ExportTraceServiceRequest` (protobuf bytes) with its idempotency key.
     /// Returns the outcome and the bytes put on the wire (after compression).
-    pub async fn send(&self, payload: Bytes, key: &str) -> (Sent, u64) {
+    pub async fn send(&self, export: Export<'_>) -> (Sent, u64) {
         match self {
-            Self::Grpc(c) => c.send(payload, key).await,
-            Self::Http(c) => c.send(payload, key).await,
+            Self::Grpc(c) => c.send(export.payload, export.key).await,
+            Self::Http(c) => c.send(export.payload, export.key).await,
+            Self::JetStream(c) => c.send(export).await,
         }
     }
 }
@@ -163,10 +191,15 @@ impl GrpcClient {
                 retry_after: None,
             },
             Ok(Ok(response)) => match partial_success(&response.into_inner()) {
-                Some((rejected, message)) => Sent::Ok { rejected, message },
+                Some((rejected, message)) => Sent::Ok {
+                    rejected,
+                    message,
+                    receipt: None,
+                },
                 None => Sent::Ok {
                     rejected: 0,
                     message: String::new(),
+                    receipt: None,
                 },
             },
             Ok(Err(status)) => classify_grpc(&status),
@@ -303,10 +336,15 @@ pub fn classify_http(status: http::StatusCode, retry_after: Option<Duration>, bo
     };
     match code {
         200..=299 => match partial_success(body) {
-            Some((rejected, message)) => Sent::Ok { rejected, message },
+            Some((rejected, message)) => Sent::Ok {
+                rejected,
+                message,
+                receipt: None,
+            },
             None => Sent::Ok {
                 rejected: 0,
                 message: String::new(),
+                receipt: None,
             },
         },
         429 | 502 | 503 | 504 => Sent::Transient {
@@ -424,7 +462,8 @@ mod tests {
             classify_http(S::OK, None, &partial),
             Sent::Ok {
                 rejected: 3,
-                message: "bad spans".into()
+                message: "bad spans".into(),
+                receipt: None,
             }
         );
         for s in [429, 502, 503, 504] {

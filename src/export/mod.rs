@@ -28,6 +28,7 @@
 //! ledger entry, metrics and log line are written by [`Accounts`].
 
 pub mod client;
+pub mod jetstream;
 pub mod retry;
 pub mod tls;
 
@@ -47,8 +48,23 @@ use crate::ledger::now_ms;
 use crate::metrics::DestinationOutcome;
 use crate::otlp::CODEC_OTLP_TRACES_PROTOBUF;
 use crate::throttle::Throttle;
-use client::{Client, Sent};
+use client::{Client, Export, Sent};
 use retry::Backoff;
+
+/// The idempotency key a record is exported with, the same on every attempt and
+/// after restarts: `<instance-id>-<seq>`; for a record relayed from a JetStream
+/// stream, the key its edge gave it (the message id), so the key is the same end
+/// to end whichever gateway stored it.
+pub fn export_key(record: &Record, instance_id: &str) -> String {
+    match record
+        .idempotency_key
+        .strip_prefix(crate::receiver::RELAY_KEY_PREFIX)
+        .and_then(|k| std::str::from_utf8(k).ok())
+    {
+        Some(k) if !k.is_empty() => k.to_string(),
+        _ => format!("{instance_id}-{}", record.seq),
+    }
+}
 
 /// The last success and the last failure of a destination (for `status`).
 #[derive(Debug, Default)]
@@ -83,7 +99,7 @@ impl Worker {
         let throttle = Arc::new(Throttle::new(WARN_EVERY));
         tracing::info!(
             destination = %this.name,
-            endpoint = %this.cfg.endpoint,
+            endpoint = %this.cfg.target(),
             protocol = ?this.cfg.protocol,
             from_seq = reader.next_seq(),
             "replay worker started"
@@ -252,7 +268,7 @@ impl Worker {
 
     async fn deliver(&self, record: Record, stop: &CancellationToken, throttle: &Throttle) {
         let seq = record.seq;
-        let key = format!("{}-{seq}", self.instance_id);
+        let key = export_key(&record, &self.instance_id);
         if record.codec != CODEC_OTLP_TRACES_PROTOBUF {
             self.dead_letter(
                 &record,
@@ -271,10 +287,20 @@ impl Worker {
         loop {
             let attempt = backoff.attempts() + 1;
             let started = Instant::now();
-            let (sent, wire) = self.client.send(record.payload.clone(), &key).await;
+            let export = Export {
+                payload: record.payload.clone(),
+                key: &key,
+                seq,
+                spans: record.span_count,
+            };
+            let (sent, wire) = self.client.send(export).await;
             let took = started.elapsed();
             let wait = match sent {
-                Sent::Ok { rejected, message } => {
+                Sent::Ok {
+                    rejected,
+                    message,
+                    receipt,
+                } => {
                     self.count_attempt("success", took, wire);
                     self.status
                         .last_success_ms
@@ -294,7 +320,10 @@ impl Worker {
                         );
                     }
                     // The ledger hears of it before the cursor moves past it.
-                    let delivered = || self.accounts.delivered(&self.name, &record, attempt);
+                    let delivered = || {
+                        self.accounts
+                            .delivered(&self.name, &record, attempt, receipt.as_ref())
+                    };
                     if self.record(delivered, stop).await {
                         self.commit(&record, "delivered", stop).await;
                     }
@@ -319,6 +348,22 @@ impl Worker {
                         reason = %reason,
                         "destination refused our credentials; retrying until they are fixed"
                     );
+                    wait
+                }
+                Sent::Full { reason } => {
+                    self.count_attempt("full", took, wire);
+                    self.failed(&reason);
+                    let wait = backoff.next(None);
+                    if throttle.allow() {
+                        tracing::warn!(
+                            destination = %self.name,
+                            seq,
+                            attempt,
+                            retry_in_ms = wait.as_millis() as u64,
+                            reason = %reason,
+                            "destination is full; the record stays in our log and is retried"
+                        );
+                    }
                     wait
                 }
                 Sent::Transient {

@@ -11,7 +11,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::DestinationConfig;
+use crate::config::{DestinationConfig, DestinationTlsConfig};
 use crate::pem::{load_certs, load_key, load_roots, provider};
 
 /// The system's trusted roots (as OpenSSL finds them: /etc/ssl/certs, SSL_CERT_FILE).
@@ -32,9 +32,8 @@ fn system_roots() -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// The rustls client configuration for a destination.
-pub fn client_config(d: &DestinationConfig) -> Result<ClientConfig, String> {
-    let t = &d.tls;
+/// The rustls client configuration for a destination (or a NATS connection).
+pub fn client_config(t: &DestinationTlsConfig) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
@@ -67,7 +66,7 @@ pub fn connector(
     // A plain http:// destination never uses TLS: no roots to load (a machine
     // without a CA store must still forward over plain http).
     let config = if d.is_https() {
-        client_config(d)?
+        client_config(&d.tls)?
     } else {
         ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()

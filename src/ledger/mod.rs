@@ -63,6 +63,17 @@ impl Removed {
     }
 }
 
+/// Where an engine with its own log (a JetStream stream) stored a delivered
+/// record, so `audit show` can point into it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub stream: String,
+    pub stream_seq: u64,
+    /// The stream held this message id already (a repeat within its window).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
 /// One line of the ledger.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -139,6 +150,9 @@ pub enum Entry {
         /// By `tracespool dead-letter retry` or `replay` rather than the forwarder.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
+        /// A JetStream destination: where the stream stored the record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receipt: Option<Receipt>,
     },
     /// Refused permanently by `destination`; kept as a dead letter.
     DeadLettered {

@@ -507,6 +507,7 @@ mod tests {
             spans: 8,
             attempts: 1,
             by: None,
+            receipt: None,
         });
         e.push(Entry::DeadLettered {
             t: 1,
@@ -542,6 +543,7 @@ mod tests {
             spans: 2,
             attempts: 3,
             by: None,
+            receipt: None,
         });
         let log = LogView {
             first_retained_seq: 9,
@@ -643,6 +645,7 @@ mod tests {
             spans: 6,
             attempts: 1,
             by: None,
+            receipt: None,
         });
         // b is removed from the config with 3..=4 still pending; 5 and 6 arrive
         // afterwards and were never meant for it.
@@ -692,6 +695,7 @@ mod tests {
             spans: 2,
             attempts: 1,
             by: None,
+            receipt: None,
         });
         e.push(Entry::Quarantined {
             t: 2000,

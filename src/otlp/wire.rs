@@ -276,6 +276,64 @@ fn walk(
     Ok(())
 }
 
+/// The length-delimited fields of one message, in order, as `(field number,
+/// bytes)`; other wire types are skipped. Stops at the first malformed byte.
+fn delimited(mut buf: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
+    fn varint(buf: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = buf.split_first()?;
+            *buf = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    std::iter::from_fn(move || loop {
+        let tag = varint(&mut buf)?;
+        let skip = match tag & 7 {
+            0 => {
+                varint(&mut buf)?;
+                0
+            }
+            1 => 8,
+            5 => 4,
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).ok()?;
+                let body = buf.get(..len)?;
+                buf = &buf[len..];
+                return Some((tag >> 3, body));
+            }
+            _ => return None,
+        };
+        buf = buf.get(skip..)?;
+    })
+}
+
+/// The `service.name` of the request's first resource, if it is a string.
+pub fn first_service_name(request: &[u8]) -> Option<&str> {
+    let (_, resource_spans) = delimited(request).find(|(f, _)| *f == 1)?;
+    let (_, resource) = delimited(resource_spans).find(|(f, _)| *f == 1)?;
+    for (_, kv) in delimited(resource).filter(|(f, _)| *f == 1) {
+        let mut key = None;
+        let mut value = None;
+        for (f, b) in delimited(kv) {
+            match f {
+                1 => key = Some(b),
+                2 => value = Some(b),
+                _ => {}
+            }
+        }
+        if key == Some(b"service.name".as_slice()) {
+            let (_, s) = delimited(value?).find(|(f, _)| *f == 1)?;
+            return std::str::from_utf8(s).ok();
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,5 +514,43 @@ mod tests {
                 proptest::prop_assert_eq!(n as u32, s.spans);
             }
         }
+    }
+
+    #[test]
+    fn first_service_name_reads_the_first_resource() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+        use prost::Message;
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        };
+        let rs = |attrs: Vec<KeyValue>| ResourceSpans {
+            resource: Some(Resource {
+                attributes: attrs,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![
+                rs(vec![kv("host.name", "a"), kv("service.name", "checkout")]),
+                rs(vec![kv("service.name", "other")]),
+            ],
+        }
+        .encode_to_vec();
+        assert_eq!(first_service_name(&req), Some("checkout"));
+        let none = ExportTraceServiceRequest {
+            resource_spans: vec![rs(vec![kv("host.name", "a")])],
+        }
+        .encode_to_vec();
+        assert_eq!(first_service_name(&none), None);
+        assert_eq!(first_service_name(&req[..req.len() / 2]), None);
+        assert_eq!(first_service_name(&[0xff; 12]), None);
     }
 }

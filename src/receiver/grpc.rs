@@ -73,6 +73,7 @@ impl ExportHandler for Receive {
                     started,
                     authorization,
                     idempotency_key,
+                    tenant: None,
                     compression: Compression::None,
                     length,
                     body: Request::ready(body),

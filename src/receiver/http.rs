@@ -81,6 +81,7 @@ async fn export(
             started,
             authorization: header(header::AUTHORIZATION.as_str()),
             idempotency_key: header("idempotency-key"),
+            tenant: None,
             compression,
             length,
             body,

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod grpc;
 pub mod http;
+pub mod jetstream;
 pub mod server;
 pub mod tls;
 
@@ -39,6 +40,8 @@ pub enum Source {
     Grpc,
     HttpProtobuf,
     HttpJson,
+    /// A message from the JetStream source (protobuf, as an edge stored it).
+    JetStream,
 }
 
 impl Source {
@@ -47,9 +50,15 @@ impl Source {
             Self::Grpc => "grpc",
             Self::HttpProtobuf => "http/protobuf",
             Self::HttpJson => "http/json",
+            Self::JetStream => "jetstream",
         }
     }
 }
+
+/// Keys of records taken from a JetStream stream: `relay:<Nats-Msg-Id>`. Their
+/// destinations export them with the message id (the edge's own key), not with a
+/// key of ours; clients may not send keys with this prefix.
+pub const RELAY_KEY_PREFIX: &[u8] = b"relay:";
 
 /// A request body as the receiver reads it off the connection: bounded by the
 /// wire limit, still compressed. Polled only once the request is authenticated and
@@ -71,8 +80,11 @@ pub struct Request {
     pub started: Instant,
     /// The `authorization` header or metadata entry.
     pub authorization: Option<Bytes>,
-    /// The `idempotency-key` header or metadata entry.
+    /// The `idempotency-key` header or metadata entry (JetStream: `Nats-Msg-Id`).
     pub idempotency_key: Option<Bytes>,
+    /// The tenant a trusted source names (JetStream: the edge's
+    /// `Tracespool-Tenant` header); OTLP requests are given theirs by their token.
+    pub tenant: Option<String>,
     pub compression: Compression,
     /// The body's size on the wire when it is known before the body is read (gRPC:
     /// received already; HTTP: `Content-Length`), for the ledger entry of a request
@@ -207,11 +219,16 @@ impl Ingest {
         req: Request,
         seen: &mut OutcomeGuard<'_>,
     ) -> Result<Accepted, Rejection> {
-        seen.tenant = self.authenticate(req.authorization.as_deref())?;
-        let key = Self::check_key(
-            req.idempotency_key.as_deref().unwrap_or_default(),
-            seen.tenant.as_deref(),
-        )?;
+        let raw_key = req.idempotency_key.as_deref().unwrap_or_default();
+        let key = if req.source == Source::JetStream {
+            // The stream is reached with its own credentials: the edge that
+            // published the batch authenticated there, and its key is global.
+            seen.tenant = req.tenant.clone();
+            Self::relay_key(raw_key)?
+        } else {
+            seen.tenant = self.authenticate(req.authorization.as_deref())?;
+            Self::check_key(raw_key, seen.tenant.as_deref())?
+        };
         seen.key = key.clone();
         let raw = req.body.await?;
         seen.bytes = raw.len() as u64;
@@ -265,6 +282,11 @@ impl Ingest {
             Some(t) => [t.as_bytes(), b":", raw].concat(),
             None => raw.to_vec(),
         };
+        if scoped.starts_with(RELAY_KEY_PREFIX) {
+            return Err(Rejection::Invalid(
+                "idempotency-key: the prefix \"relay:\" is reserved".into(),
+            ));
+        }
         if scoped.len() > MAX_KEY_LEN {
             return Err(Rejection::Invalid(format!(
                 "idempotency-key is {} bytes, at most {} are allowed",
@@ -273,6 +295,21 @@ impl Ingest {
             )));
         }
         Ok(Some(Bytes::from(scoped)))
+    }
+
+    /// The key a JetStream message is stored and deduplicated under.
+    fn relay_key(msg_id: &[u8]) -> Result<Option<Bytes>, Rejection> {
+        if msg_id.is_empty() {
+            return Ok(None);
+        }
+        if msg_id.len() + RELAY_KEY_PREFIX.len() > MAX_KEY_LEN {
+            return Err(Rejection::Invalid(format!(
+                "Nats-Msg-Id is {} bytes, at most {} are allowed",
+                msg_id.len(),
+                MAX_KEY_LEN - RELAY_KEY_PREFIX.len()
+            )));
+        }
+        Ok(Some(Bytes::from([RELAY_KEY_PREFIX, msg_id].concat())))
     }
 
     /// Stores a checked batch; resolves once it is durable (or known as a duplicate).
@@ -390,7 +427,7 @@ struct Batch {
 /// decoded (and stored as sent), JSON is converted once.
 fn decode(source: Source, body: Bytes) -> Result<(Bytes, u32), Rejection> {
     match source {
-        Source::Grpc | Source::HttpProtobuf => {
+        Source::Grpc | Source::HttpProtobuf | Source::JetStream => {
             let summary =
                 inspect_trace_request(&body).map_err(|e| Rejection::Invalid(e.to_string()))?;
             Ok((body, summary.spans))
@@ -552,6 +589,7 @@ mod tests {
             started: Instant::now(),
             authorization: auth.map(|t| Bytes::from(format!("Bearer {t}"))),
             idempotency_key: key.map(|k| Bytes::from(k.to_string())),
+            tenant: None,
             compression: Compression::None,
             length: None,
             body,

@@ -249,10 +249,14 @@ pub fn show(
                 bytes: r.payload.len(),
                 client_key: String::from_utf8_lossy(&r.idempotency_key).into_owned(),
             });
+        let relayed = record
+            .as_ref()
+            .and_then(|r| r.client_key.strip_prefix("relay:"))
+            .map(str::to_string);
         batches.push(Batch {
             seq,
             record,
-            export_key: instance.as_ref().map(|i| format!("{i}-{seq}")),
+            export_key: relayed.or_else(|| instance.as_ref().map(|i| format!("{i}-{seq}"))),
             dead_letters: all_letters
                 .iter()
                 .filter(|l| l.seq == seq)
@@ -288,7 +292,8 @@ fn seqs_of_key(entries: &[Entry], instance: Option<&str>, key: &str) -> BTreeSet
                 seq, key: Some(k), ..
             }
             | Entry::Deduplicated { seq, key: k, .. }
-                if k == key =>
+                // Relayed from JetStream: stored as relay:<the edge's key>.
+                if k == key || k.strip_prefix("relay:") == Some(key) =>
             {
                 Some(*seq)
             }

@@ -13,7 +13,7 @@ use super::replay::{adhoc_destination, protocol, send, Failure};
 use super::{fmt_bytes, fmt_time, table, Ctx, ToolError, Verdict};
 use crate::cli::ProtocolArg;
 use crate::deadletter::{DeadLetter, DeadLetters};
-use crate::export::client::Client;
+use crate::export::client::{Client, Export};
 use crate::ledger::{self, now_ms, Entry};
 
 fn letters(
@@ -146,7 +146,12 @@ pub fn retry(
                     continue;
                 }
             };
-            let client = match Client::new(&target) {
+            // The instance that stored it: the key is `<instance-id>-<seq>`.
+            let instance = l
+                .export_key
+                .rsplit_once('-')
+                .map_or(l.export_key.as_str(), |(i, _)| i);
+            let client = match Client::new(&target, instance) {
                 Ok(c) => c,
                 Err(e) => {
                     outcomes.push(outcome(false, e));
@@ -160,10 +165,16 @@ pub fn retry(
                     continue;
                 }
             };
-            match send(&client, payload.into(), &l.export_key, 3).await {
+            let export = Export {
+                payload: payload.into(),
+                key: &l.export_key,
+                seq: l.seq,
+                spans: l.spans,
+            };
+            match send(&client, export, 3).await {
                 Ok(attempts) => {
                     let by = if endpoint.is_some() {
-                        format!("dead-letter retry to {}", target.endpoint)
+                        format!("dead-letter retry to {}", target.target())
                     } else {
                         "dead-letter retry".to_string()
                     };
@@ -175,6 +186,7 @@ pub fn retry(
                         spans: l.spans as u64,
                         attempts,
                         by: Some(by),
+                        receipt: None,
                     };
                     if let Err(e) = ledger::append_external(&ctx.ledger_dir(), &entry) {
                         outcomes.push(outcome(

@@ -19,9 +19,9 @@ use tracespool_storage::offline::for_each_record;
 
 use super::{fmt_bytes, parse_point, Ctx, Point, ToolError, Verdict};
 use crate::cli::{ProtocolArg, ReplayArgs};
-use crate::config::{Compression, DestinationConfig, Dur, Endpoint, Protocol, RetryConfig};
+use crate::config::{Compression, DestinationConfig, Dur, Endpoint, Protocol};
 use crate::deadletter::DeadLetters;
-use crate::export::client::{Client, Sent};
+use crate::export::client::{Client, Export, Sent};
 use crate::export::retry::Backoff;
 use crate::ledger::{self, ms, now_ms, Entry};
 
@@ -53,16 +53,13 @@ pub(super) fn adhoc_destination(
         .map_err(|e| ToolError(format!("--endpoint {endpoint:?}: {e}")))?;
     let d = DestinationConfig {
         name: "replay".into(),
-        endpoint,
+        endpoint: Some(endpoint),
         protocol,
         headers: map,
         timeout: Dur(timeout),
         compression: Compression::None,
         max_in_flight: IN_FLIGHT,
-        retry: RetryConfig::default(),
-        header_files: Default::default(),
-        header_env: Default::default(),
-        tls: Default::default(),
+        ..Default::default()
     };
     Ok(d)
 }
@@ -92,18 +89,23 @@ impl std::fmt::Display for Failure {
 /// the attempts it took.
 pub(super) async fn send(
     client: &Client,
-    payload: Bytes,
-    key: &str,
+    export: Export<'_>,
     attempts: u32,
 ) -> Result<u32, Failure> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        let (sent, _) = client.send(payload.clone(), key).await;
+        let (sent, _) = client.send(export.clone()).await;
         let n = backoff.attempts() + 1;
         match sent {
             Sent::Ok { .. } => return Ok(n),
             Sent::Permanent { reason } => return Err(Failure::Refused(reason)),
             Sent::Auth { reason } => return Err(Failure::Auth(reason)),
+            Sent::Full { reason } => {
+                if n >= attempts.max(1) {
+                    return Err(Failure::GaveUp(format!("{reason} (after {n} attempts)")));
+                }
+                tokio::time::sleep(backoff.next(None)).await;
+            }
             Sent::Transient {
                 reason,
                 retry_after,
@@ -122,6 +124,8 @@ pub(super) async fn send(
 struct Item {
     seq: u64,
     spans: u64,
+    /// Its idempotency key, as the forwarder exports it.
+    key: String,
     payload: Bytes,
 }
 
@@ -223,6 +227,7 @@ pub fn run(ctx: &Ctx, args: ReplayArgs) -> Result<Verdict, ToolError> {
     // The reader: the log, then dead letters whose record the log no longer has.
     let (tx, mut rx) = mpsc::channel::<Item>(IN_FLIGHT * 2);
     let data = ctx.data.clone();
+    let reader_instance = instance.clone();
     let reader = std::thread::spawn(move || -> Result<usize, String> {
         let mut seen = BTreeSet::new();
         let damage = for_each_record(&data, lo, hi, true, |r| {
@@ -231,6 +236,7 @@ pub fn run(ctx: &Ctx, args: ReplayArgs) -> Result<Verdict, ToolError> {
                 let item = Item {
                     seq: r.seq,
                     spans: r.span_count as u64,
+                    key: crate::export::export_key(&r, &reader_instance),
                     payload: r.payload,
                 };
                 if tx.blocking_send(item).is_err() {
@@ -251,6 +257,7 @@ pub fn run(ctx: &Ctx, args: ReplayArgs) -> Result<Verdict, ToolError> {
                 let item = Item {
                     seq: l.seq,
                     spans: l.spans as u64,
+                    key: l.export_key.clone(),
                     payload: payload.into(),
                 };
                 if tx.blocking_send(item).is_err() {
@@ -283,7 +290,7 @@ pub fn run(ctx: &Ctx, args: ReplayArgs) -> Result<Verdict, ToolError> {
     let mut last_sent = 0;
     let mut auth_error = None;
     runtime.block_on(async {
-        let client = match Client::new(&dest) {
+        let client = match Client::new(&dest, &instance) {
             Ok(c) => c,
             Err(e) => {
                 auth_error = Some(format!("--endpoint: {e}"));
@@ -307,12 +314,18 @@ pub fn run(ctx: &Ctx, args: ReplayArgs) -> Result<Verdict, ToolError> {
                     }
                     let permit = slots.clone().acquire_owned().await.expect("semaphore open");
                     let client = client.clone();
-                    let key = format!("{instance}-{}", item.seq);
+                    let key = item.key.clone();
                     let done = done_tx.clone();
                     outstanding += 1;
                     tokio::spawn(async move {
                         let len = item.payload.len() as u64;
-                        let r = send(&client, item.payload, &key, attempts).await;
+                        let export = Export {
+                            payload: item.payload,
+                            key: &key,
+                            seq: item.seq,
+                            spans: item.spans as u32,
+                        };
+                        let r = send(&client, export, attempts).await;
                         let _ = done.send((item.seq, item.spans, len, r));
                         drop(permit);
                     });

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod nats;
 pub mod pki;
 pub mod python;
 pub mod raw;

@@ -33,6 +33,8 @@ pub struct Faults {
     /// Per direction; 0: no cap.
     pub bytes_per_sec: u64,
     pub black_hole: bool,
+    /// Swallow only what the server sends: requests arrive, their answers are lost.
+    pub black_hole_down: bool,
     /// Reset a connection after this many bytes (either way); 0: never.
     pub reset_after: u64,
     pub refuse: bool,
@@ -245,7 +247,7 @@ async fn direction(
             _ = dead.notified() => return Some(true),
         };
         let f = faults.borrow().clone();
-        if f.black_hole {
+        if f.black_hole || (which == 1 && f.black_hole_down) {
             continue; // swallowed
         }
         let so_far = total.fetch_add(n as u64, Ordering::Relaxed) + n as u64;

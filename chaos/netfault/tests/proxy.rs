@@ -102,3 +102,45 @@ async fn latency_bandwidth_black_holes_and_resets() {
     p.set(Faults::default());
     assert!(round_trip(p.addr, 1000).await.is_ok(), "back to normal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_black_hole_delivers_requests_and_loses_answers() {
+    // An echo server that counts what reaches it.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = l.local_addr().unwrap();
+    let arrived = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = arrived.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        while let Ok(n) = s.read(&mut buf).await {
+            seen.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let p = Proxy::start(upstream).await.unwrap();
+    p.set(Faults {
+        black_hole_down: true,
+        ..Default::default()
+    });
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"0123456789").await.unwrap();
+    let mut got = [0u8; 10];
+    let r = tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut got)).await;
+    assert!(r.is_err(), "the answer is lost");
+    assert_eq!(
+        arrived.load(std::sync::atomic::Ordering::SeqCst),
+        10,
+        "the request arrived"
+    );
+    p.set(Faults::default());
+    s.write_all(b"abc").await.unwrap();
+    let mut back = [0u8; 3];
+    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"abc", "healed: answers pass again");
+}
