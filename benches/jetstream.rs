@@ -48,7 +48,7 @@ fn parse_args() -> Opts {
         records: 8000,
         spans: 128,
         replicas: 3,
-        in_flight: 32,
+        in_flight: 256,
     };
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -247,14 +247,15 @@ fn tracespool_binary(root: &Path) -> PathBuf {
         .join("release/tracespool")
 }
 
-fn start_tracespool(bin: &Path, dir: &Path, body: &str) -> (Child, SocketAddr) {
+fn start_tracespool(bin: &Path, dir: &Path, body: &str) -> (Child, SocketAddr, SocketAddr) {
     std::fs::create_dir_all(dir).unwrap();
     let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cfg = dir.join("tracespool.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[storage]\ndir = {:?}\nmax_bytes = \"8GiB\"\nfsync = \"always\"\n\n[receivers.otlp]\ngrpc = \"{grpc}\"\nhttp = \"\"\n\n[admin]\nlisten = \"\"\n\n[log]\nlevel = \"warn\"\n\n{body}",
+            "[storage]\ndir = {:?}\nmax_bytes = \"8GiB\"\nfsync = \"always\"\n\n[receivers.otlp]\ngrpc = \"{grpc}\"\nhttp = \"\"\n\n[admin]\nlisten = \"{admin}\"\n\n[log]\nlevel = \"warn\"\n\n{body}",
             dir.join("data").display().to_string()
         ),
     )
@@ -269,7 +270,7 @@ fn start_tracespool(bin: &Path, dir: &Path, body: &str) -> (Child, SocketAddr) {
         .expect("start tracespool");
     for _ in 0..500 {
         if std::net::TcpStream::connect(grpc).is_ok() {
-            return (child, grpc);
+            return (child, grpc, admin);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -293,6 +294,9 @@ async fn main() {
     let nats = nats_server(root);
     let bin = tracespool_binary(root);
     let dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("JETSTREAM_BENCH_KEEP").is_some() {
+        println!("keeping {}", dir.path().display());
+    }
     let (_servers, urls) = start_cluster(&nats, dir.path(), o.replicas);
     let js = jetstream_ready(&urls).await;
     let urls_toml = format!(
@@ -314,7 +318,7 @@ async fn main() {
     );
 
     // 1a. Spool the backlog on an edge whose stream does not exist yet.
-    let (edge, edge_grpc) = start_tracespool(
+    let (edge, edge_grpc, edge_admin) = start_tracespool(
         &bin,
         &dir.path().join("edge"),
         &format!(
@@ -371,14 +375,26 @@ async fn main() {
     let bare_publish = started.elapsed();
 
     // 1c. Ours: create the stream; the edge drains its backlog into it.
-    let started = Instant::now();
+    // The clock starts at the first message the edge got in (its retry of the
+    // missing stream, up to a second later, is not publishing).
+    let before = export_outcomes(edge_admin).await;
     js.create_stream(stream_config("OURS", o.replicas))
         .await
         .unwrap();
+    let (mut first, mut started) = (0, Instant::now());
+    while first == 0 {
+        first = stream_messages(&js, "OURS").await;
+        started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     while stream_messages(&js, "OURS").await < o.records as u64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let ours_publish = started.elapsed();
+    // As the time the whole backlog would take at that rate.
+    let ours_publish = started
+        .elapsed()
+        .mul_f64(o.records as f64 / (o.records as u64 - first).max(1) as f64);
+    let outcomes = export_outcomes(edge_admin).await;
     stop(edge);
 
     // 2a. Bare consumer: fetch and double-ack the bare copy.
@@ -390,14 +406,14 @@ async fn main() {
         .create_consumer(pull::Config {
             durable_name: Some("bare".into()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending: 1024,
+            max_ack_pending: o.in_flight as i64 * 4,
             ..Default::default()
         })
         .await
         .unwrap();
     let mut messages = consumer
         .stream()
-        .max_messages_per_batch(64)
+        .max_messages_per_batch(o.in_flight)
         .messages()
         .await
         .unwrap();
@@ -407,7 +423,7 @@ async fn main() {
         let m = messages.next().await.unwrap().unwrap();
         got += 1;
         pending.push(async move { m.double_ack().await.unwrap() });
-        while pending.len() >= 64 {
+        while pending.len() >= o.in_flight {
             pending.next().await;
         }
     }
@@ -428,11 +444,11 @@ async fn main() {
             .await;
     });
     let started = Instant::now();
-    let (gateway, _) = start_tracespool(
+    let (gateway, _, _) = start_tracespool(
         &bin,
         &dir.path().join("gateway"),
         &format!(
-            "[receivers.jetstream]\nurls = {urls_toml}\nstream = \"OURS\"\nbatch = 64\n\n[[destinations]]\nname = \"sink\"\nendpoint = \"http://{sink_addr}\"\nmax_in_flight = 16\n"
+            "[receivers.jetstream]\nurls = {urls_toml}\nstream = \"OURS\"\nbatch = {}\nmax_ack_pending = {}\n\n[[destinations]]\nname = \"sink\"\nendpoint = \"http://{sink_addr}\"\nmax_in_flight = {}\n", o.in_flight, o.in_flight * 4, o.in_flight
         ),
     );
     while (sink.0.load(Ordering::Relaxed) as usize) < o.records {
@@ -443,6 +459,12 @@ async fn main() {
 
     let rate = |d: Duration| o.records as f64 / d.as_secs_f64();
     let spans = |d: Duration| rate(d) * o.spans as f64;
+    if std::env::var_os("JETSTREAM_BENCH_KEEP").is_some() {
+        let _ = dir.keep();
+    }
+    println!(
+        "edge publish attempts by outcome: before the stream existed {before}; in all {outcomes}"
+    );
     println!();
     println!("| path | bare async-nats | tracespool | ratio |");
     println!("|---|---:|---:|---:|");
@@ -462,4 +484,27 @@ async fn main() {
         spans(ours_drain) / 1e6,
         bare_drain.as_secs_f64() / ours_drain.as_secs_f64()
     );
+}
+
+/// `tracespool_export_requests_total` by outcome, from the edge's /metrics.
+async fn export_outcomes(admin: SocketAddr) -> String {
+    let Ok(mut s) = tokio::net::TcpStream::connect(admin).await else {
+        return "?".into();
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await;
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    body.lines()
+        .filter(|l| l.starts_with("tracespool_export_requests_total{") && !l.ends_with(" 0"))
+        .map(|l| {
+            l.split("outcome=\"")
+                .nth(1)
+                .unwrap_or(l)
+                .replace("\"} ", "=")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

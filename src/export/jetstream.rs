@@ -10,6 +10,8 @@
 //! counted apart (`outcome="full"`); a message larger than the servers take is
 //! permanent (a dead letter).
 
+use std::time::{Duration, Instant};
+
 use async_nats::jetstream::context::{Context, PublishErrorKind};
 use async_nats::jetstream::stream;
 use async_nats::HeaderMap;
@@ -28,6 +30,15 @@ pub const HEADER_INSTANCE: &str = "Tracespool-Instance";
 pub const HEADER_SEQ: &str = "Tracespool-Seq";
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
 
+/// A stream found missing is looked for again at most this often.
+const STREAM_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct StreamCheck {
+    ready: bool,
+    failed: Option<(Instant, String)>,
+}
+
 pub struct JetStreamClient {
     cfg: DestinationConfig,
     instance_id: String,
@@ -35,8 +46,9 @@ pub struct JetStreamClient {
     /// the background).
     context: OnceCell<Context>,
     /// Whether the stream is known to exist (checked, or created with
-    /// `create_stream`), so that a missing stream is said once, clearly.
-    stream_ready: Mutex<bool>,
+    /// `create_stream`); while it is not, the last failed check and when, so that
+    /// every record in flight does not ask the servers again at once.
+    stream: Mutex<StreamCheck>,
 }
 
 impl JetStreamClient {
@@ -45,7 +57,7 @@ impl JetStreamClient {
             cfg: cfg.clone(),
             instance_id: instance_id.to_string(),
             context: OnceCell::new(),
-            stream_ready: Mutex::new(false),
+            stream: Mutex::new(StreamCheck::default()),
         }
     }
 
@@ -90,10 +102,31 @@ impl JetStreamClient {
     /// Checks the stream exists, creating it when configured to. A missing stream
     /// is an error the worker retries (and logs) until someone creates it.
     async fn ensure_stream(&self, js: &Context) -> Result<(), Sent> {
-        let mut ready = self.stream_ready.lock().await;
-        if *ready {
+        let mut check = self.stream.lock().await;
+        if check.ready {
             return Ok(());
         }
+        let transient = |reason: String| Sent::Transient {
+            reason,
+            retry_after: None,
+        };
+        if let Some((at, why)) = &check.failed {
+            if at.elapsed() < STREAM_CHECK_EVERY {
+                return Err(transient(why.clone()));
+            }
+        }
+        let r = self.check_stream(js).await;
+        match &r {
+            Ok(()) => check.ready = true,
+            Err(Sent::Transient { reason, .. }) => {
+                check.failed = Some((Instant::now(), reason.clone()))
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    async fn check_stream(&self, js: &Context) -> Result<(), Sent> {
         let transient = |reason: String| Sent::Transient {
             reason,
             retry_after: None,
@@ -141,7 +174,6 @@ impl JetStreamClient {
                 );
             }
         }
-        *ready = true;
         Ok(())
     }
 

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracespool_storage::{Cursor, GapCause, ReadItem, Record};
@@ -97,6 +97,13 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(this.cfg.max_in_flight));
         let mut tasks = JoinSet::new();
         let throttle = Arc::new(Throttle::new(WARN_EVERY));
+        let (commits, queue) = mpsc::unbounded_channel();
+        let committer = tokio::spawn(commit_in_groups(
+            this.accounts.ledger().clone(),
+            this.cursor.clone(),
+            queue,
+        ));
+        let commits = Commits(commits);
         tracing::info!(
             destination = %this.name,
             endpoint = %this.cfg.target(),
@@ -157,14 +164,18 @@ impl Worker {
                     let w = this.clone();
                     let stop = stop.clone();
                     let throttle = throttle.clone();
+                    let commits = commits.clone();
                     tasks.spawn(async move {
-                        w.deliver(record, &stop, &throttle).await;
+                        w.deliver(record, &stop, &throttle, &commits).await;
                         drop(permit);
                     });
                 }
             }
         }
         tasks.shutdown().await;
+        // The committer ends once the last commit queued is done.
+        drop(commits);
+        let _ = committer.await;
         tracing::info!(destination = %this.name, position = this.cursor.position(), "replay worker stopped");
     }
 
@@ -200,26 +211,27 @@ impl Worker {
     }
 
     /// A record reached its end (delivered or dead-lettered) and its ledger entry is
-    /// written: the ledger is synced, then the cursor acknowledges and persists.
+    /// written: the ledger is synced, then the cursor acknowledges and persists
+    /// (by the committer, for every record that reached its end meanwhile at once).
     /// Returns once that is durable (or on stop). If `drop_oldest` evicted the record
     /// meanwhile, it was counted as dropped for this destination: say it was not.
-    async fn commit(&self, record: &Record, how: &str, stop: &CancellationToken) {
+    async fn commit(
+        &self,
+        record: &Record,
+        how: &str,
+        stop: &CancellationToken,
+        commits: &Commits,
+    ) {
         let seq = record.seq;
         let mut wait = Duration::from_millis(100);
         loop {
-            let (ledger, cursor) = (self.accounts.ledger().clone(), self.cursor.clone());
-            let r =
-                tokio::task::spawn_blocking(move || -> Result<tracespool_storage::Ack, String> {
-                    ledger
-                        .sync()
-                        .map_err(|e| format!("syncing the audit ledger: {e}"))?;
-                    let ack = cursor.ack(seq).map_err(|e| e.to_string())?;
-                    cursor.persist().map_err(|e| e.to_string())?;
-                    Ok(ack)
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r);
+            let (reply, done) = oneshot::channel();
+            let r = match commits.0.send(Commit { seq, reply }) {
+                Ok(()) => done
+                    .await
+                    .unwrap_or_else(|_| Err("the committer stopped".into())),
+                Err(_) => Err("the committer stopped".into()),
+            };
             match r {
                 Ok(ack) => {
                     if ack.after_eviction {
@@ -266,7 +278,13 @@ impl Worker {
         *self.status.last_error.lock().unwrap() = Some((now_ms(), reason.to_string()));
     }
 
-    async fn deliver(&self, record: Record, stop: &CancellationToken, throttle: &Throttle) {
+    async fn deliver(
+        &self,
+        record: Record,
+        stop: &CancellationToken,
+        throttle: &Throttle,
+        commits: &Commits,
+    ) {
         let seq = record.seq;
         let key = export_key(&record, &self.instance_id);
         if record.codec != CODEC_OTLP_TRACES_PROTOBUF {
@@ -276,6 +294,7 @@ impl Worker {
                 0,
                 &format!("unknown record codec {}", record.codec.0),
                 stop,
+                commits,
             )
             .await;
             return;
@@ -325,14 +344,14 @@ impl Worker {
                             .delivered(&self.name, &record, attempt, receipt.as_ref())
                     };
                     if self.record(delivered, stop).await {
-                        self.commit(&record, "delivered", stop).await;
+                        self.commit(&record, "delivered", stop, commits).await;
                     }
                     return;
                 }
                 Sent::Permanent { reason } => {
                     self.count_attempt("permanent", took, wire);
                     self.failed(&reason);
-                    self.dead_letter(&record, &key, attempt, &reason, stop)
+                    self.dead_letter(&record, &key, attempt, &reason, stop, commits)
                         .await;
                     return;
                 }
@@ -417,6 +436,7 @@ impl Worker {
         attempts: u32,
         reason: &str,
         stop: &CancellationToken,
+        commits: &Commits,
     ) {
         let mut wait = Duration::from_millis(200);
         loop {
@@ -446,7 +466,65 @@ impl Worker {
                 .dead_lettered(&self.name, record, attempts, reason)
         };
         if self.record(recorded, stop).await {
-            self.commit(record, "dead_letter", stop).await;
+            self.commit(record, "dead_letter", stop, commits).await;
+        }
+    }
+}
+
+/// A record whose end (delivery, dead letter) is in the ledger, waiting for its
+/// cursor acknowledgement to be durable.
+struct Commit {
+    seq: u64,
+    reply: oneshot::Sender<Result<tracespool_storage::Ack, String>>,
+}
+
+#[derive(Clone)]
+struct Commits(mpsc::UnboundedSender<Commit>);
+
+/// Makes ends durable in groups: takes every commit queued, syncs the ledger once,
+/// acknowledges each seq and persists the cursor once, then answers them all — so
+/// a delivery waits for two syncs, not for its turn behind everyone else's, and
+/// the slot of each export is still freed only once its acknowledgement is on
+/// disk. A failure is answered to the whole group, which tries again.
+async fn commit_in_groups(
+    ledger: Arc<crate::ledger::Ledger>,
+    cursor: Cursor,
+    mut queue: mpsc::UnboundedReceiver<Commit>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while let Ok(more) = queue.try_recv() {
+            group.push(more);
+        }
+        let seqs: Vec<u64> = group.iter().map(|c| c.seq).collect();
+        let (ledger, c) = (ledger.clone(), cursor.clone());
+        let done = tokio::task::spawn_blocking(
+            move || -> Result<Vec<Result<tracespool_storage::Ack, String>>, String> {
+                ledger
+                    .sync()
+                    .map_err(|e| format!("syncing the audit ledger: {e}"))?;
+                let acks: Vec<_> = seqs
+                    .iter()
+                    .map(|&seq| c.ack(seq).map_err(|e| e.to_string()))
+                    .collect();
+                c.persist().map_err(|e| e.to_string())?;
+                Ok(acks)
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match done {
+            Ok(acks) => {
+                for (commit, ack) in group.into_iter().zip(acks) {
+                    let _ = commit.reply.send(ack);
+                }
+            }
+            Err(e) => {
+                for commit in group {
+                    let _ = commit.reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
