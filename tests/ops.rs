@@ -218,6 +218,8 @@ fn shipped_configs_pass_check_config() {
         "config/tracespool.toml",
         "config/edge.toml",
         "config/gateway.toml",
+        "config/edge-jetstream.toml",
+        "config/gateway-jetstream.toml",
     ] {
         configs.push((example.to_string(), read(example)));
     }

@@ -459,7 +459,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
         self.storage.validate()?;
-        self.receivers.otlp.validate()?;
+        self.receivers
+            .otlp
+            .validate(self.receivers.jetstream.is_some())?;
         if let Some(js) = &self.receivers.jetstream {
             js.validate()?;
         }
@@ -568,10 +570,12 @@ impl StorageConfig {
 }
 
 impl OtlpReceiverConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// `other_source`: spans also come from elsewhere (a JetStream stream), so both
+    /// OTLP receivers may be off.
+    fn validate(&self, other_source: bool) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
         let r = self;
-        if r.grpc.is_off() && r.http.is_off() {
+        if r.grpc.is_off() && r.http.is_off() && !other_source {
             return err(
                 "receivers.otlp: both grpc and http are disabled; nothing would receive spans"
                     .into(),

@@ -452,6 +452,13 @@ fn jetstream_destinations_and_sources_load_and_their_mistakes_name_the_key() {
     assert!(!cfg.to_redacted_toml().contains("\"pw\""));
     let r = cfg.receivers.jetstream.as_ref().unwrap();
     assert_eq!((r.consumer.as_str(), r.batch), ("tracespool", 64));
+    // A gateway fed only by the stream needs no OTLP receiver.
+    let only_stream = file(
+        "[receivers.otlp]\ngrpc = \"\"\nhttp = \"\"\n[receivers.jetstream]\nurls = [\"nats://a\"]\nstream = \"T\"\n",
+    );
+    Config::load(Some(only_stream.path()), &env(&[])).unwrap();
+    let e = load_err("[receivers.otlp]\ngrpc = \"\"\nhttp = \"\"\n", &[]);
+    assert!(e.contains("nothing would receive spans"), "{e}");
 
     let cases: &[(&str, &str)] = &[
         (
