@@ -458,3 +458,83 @@ async fn a_full_stream_backs_the_edge_up_within_its_budget_and_recovers() {
     assert_audit_exact(&g, "gateway").await;
     println!("{refused} publishes refused by the full stream, retried until it had room");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_a_token_from_a_file_carry_the_flow_and_the_token_is_never_written() {
+    let Some(bin) = server_binary("jetstream") else {
+        return;
+    };
+    let _heavy = HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::pki::Ca::new(dir.path(), "nats");
+    let server = ca.server("nats", &[]);
+    let token = "tok-3f9c1d7e5b2a4c6e8f0a";
+    let cluster = Cluster::start_secured(&bin, dir.path(), 1, &server, &ca.file(), token).await;
+    let urls = cluster.urls_toml();
+    assert!(urls.contains("tls://"), "{urls}");
+    let token_file = dir.path().join("nats.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let wrong_file = dir.path().join("wrong.token");
+    std::fs::write(&wrong_file, "tok-wrong-0000000000000\n").unwrap();
+    let secured = |file: &Path| {
+        format!(
+            "tls.ca_file = {:?}\n[destinations.credentials]\ntoken_file = {file:?}\n[destinations.stream_config]\nreplicas = 1",
+            ca.file()
+        )
+    };
+    let backend = Backend::start(Kind::Grpc).await;
+    let mut e = edge(dir.path(), "edge", &urls, "SECURE", &secured(&token_file));
+    e.start();
+    let mut g = gateway(dir.path(), "gw", &urls, "SECURE", &backend);
+    g.append_config(&format!(
+        "[receivers.jetstream.tls]\nca_file = {:?}\n[receivers.jetstream.credentials]\ntoken_file = {token_file:?}",
+        ca.file()
+    ));
+    g.start();
+    // An edge with the wrong token keeps its batches.
+    let mut wrong = edge(dir.path(), "wrong", &urls, "SECURE", &secured(&wrong_file));
+    wrong.start();
+    let acked = acked_spans(vec![send(dir.path(), "c", &e.grpc_endpoint(), 10, 3)], 10);
+    let refused = acked_spans(vec![send(dir.path(), "w", &wrong.grpc_endpoint(), 4, 3)], 4);
+    assert_once_by_key(&backend, &acked, &[&e]).await;
+    assert_audit_exact(&e, "edge").await;
+    assert_audit_exact(&g, "gateway").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let at_backend: BTreeSet<String> = backend.span_id_counts().into_keys().collect();
+    assert!(
+        at_backend.is_disjoint(&refused),
+        "spans of the edge with the wrong token got through"
+    );
+    assert_eq!(
+        wrong
+            .metric("tracespool_backlog_records{destination=\"stream\"}")
+            .await,
+        4.0,
+        "the refused edge holds its batches"
+    );
+    // No file of any tracespool — logs, ledgers, configs aside — holds the token.
+    for s in [&e, &g, &wrong] {
+        for entry in walk(&s.root) {
+            if entry.ends_with("tracespool.toml") {
+                continue;
+            }
+            let bytes = std::fs::read(&entry).unwrap_or_default();
+            let found = bytes.windows(token.len()).any(|w| w == token.as_bytes())
+                || bytes.windows(9).any(|w| w == b"tok-wrong");
+            assert!(!found, "a token in {}", entry.display());
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -59,12 +59,47 @@ impl Node {
 pub struct Cluster {
     binary: PathBuf,
     pub nodes: Vec<Node>,
+    /// How the test's own clients reach servers that require a token and TLS.
+    auth: Option<(String, PathBuf)>,
 }
 
 impl Cluster {
     /// Starts `n` JetStream nodes clustered together (n = 1: a single server) in
     /// `root`, and waits until JetStream answers through every node.
     pub async fn start(binary: &Path, root: &Path, n: usize) -> Self {
+        Self::start_with(binary, root, n, None).await
+    }
+
+    /// As [`Cluster::start`], the servers requiring TLS (with `tls`'s certificate)
+    /// and `token`; the CA is `ca`.
+    pub async fn start_secured(
+        binary: &Path,
+        root: &Path,
+        n: usize,
+        tls: &super::pki::Pem,
+        ca: &Path,
+        token: &str,
+    ) -> Self {
+        let extra = format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\nauthorization {{\n  token: {token:?}\n}}\n",
+            tls.cert, tls.key
+        );
+        Self::start_with(
+            binary,
+            root,
+            n,
+            Some((extra, token.to_string(), ca.to_path_buf())),
+        )
+        .await
+    }
+
+    async fn start_with(
+        binary: &Path,
+        root: &Path,
+        n: usize,
+        secured: Option<(String, String, PathBuf)>,
+    ) -> Self {
+        let extra = secured.as_ref().map(|s| s.0.clone()).unwrap_or_default();
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let mut nodes = Vec::new();
         for (i, (port, cport)) in ports.iter().enumerate() {
@@ -88,7 +123,7 @@ impl Cluster {
                 String::new()
             };
             let text = format!(
-                "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nlog_file: {log:?}\nmax_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 2GB\n  max_memory_store: 64MB\n}}\n{cluster}"
+                "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nlog_file: {log:?}\nmax_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 2GB\n  max_memory_store: 64MB\n}}\n{cluster}{extra}"
             );
             let config = root.join(format!("{name}.conf"));
             std::fs::write(&config, text).unwrap();
@@ -103,6 +138,7 @@ impl Cluster {
         let mut c = Self {
             binary: binary.to_path_buf(),
             nodes,
+            auth: secured.map(|(_, token, ca)| (token, ca)),
         };
         for i in 0..n {
             c.start_node(i);
@@ -134,7 +170,24 @@ impl Cluster {
     }
 
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(Node::url).collect()
+        self.nodes
+            .iter()
+            .map(|n| match self.auth {
+                Some(_) => n.url().replace("nats://", "tls://"),
+                None => n.url(),
+            })
+            .collect()
+    }
+
+    fn options(&self) -> async_nats::ConnectOptions {
+        let o = async_nats::ConnectOptions::new().request_timeout(Some(Duration::from_secs(5)));
+        match &self.auth {
+            Some((token, ca)) => o
+                .token(token.clone())
+                .add_root_certificates(ca.clone())
+                .require_tls(true),
+            None => o,
+        }
     }
 
     /// The `urls = [...]` TOML value for all nodes.
@@ -151,8 +204,7 @@ impl Cluster {
             .filter(|n| n.child.is_some())
             .map(|n| n.url().parse().unwrap())
             .collect();
-        async_nats::ConnectOptions::new()
-            .request_timeout(Some(Duration::from_secs(5)))
+        self.options()
             .connect(urls)
             .await
             .expect("connecting to the test cluster")
@@ -164,7 +216,7 @@ impl Cluster {
         let deadline = Instant::now() + limit;
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
             loop {
-                let ok = match async_nats::connect(n.url()).await {
+                let ok = match self.options().connect(n.url()).await {
                     Ok(c) => async_nats::jetstream::new(c).query_account().await.is_ok(),
                     Err(_) => false,
                 };
