@@ -3,7 +3,6 @@
 //! venv) as child processes, three nodes on loopback in a temp dir, killed with
 //! SIGKILL and restarted on the same store.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,19 +33,91 @@ pub fn server_binary(test: &str) -> Option<PathBuf> {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A node's configuration. `None` ports are chosen by the server (`-1`) and
+/// written to a ports file in `ports_dir`; the routes name other nodes' cluster
+/// ports (a first node with none yet is given an unreachable one: a JetStream
+/// cluster refuses to start without routes, and the others route to it).
+#[allow(clippy::too_many_arguments)]
+fn node_config(
+    name: &str,
+    port: Option<u16>,
+    cport: Option<u16>,
+    routes: &[u16],
+    clustered: bool,
+    store: &Path,
+    log: &Path,
+    ports_dir: Option<&Path>,
+    extra: &str,
+) -> String {
+    let chosen = |p: Option<u16>| p.map_or("-1".to_string(), |p| p.to_string());
+    let cluster = if clustered {
+        let mut routes: Vec<String> = routes
+            .iter()
+            .map(|c| format!("\"nats-route://127.0.0.1:{c}\""))
+            .collect();
+        if routes.is_empty() {
+            routes.push("\"nats-route://127.0.0.1:1\"".into());
+        }
+        // no_advertise: clients use the URLs they were given, so a test can put a
+        // fault proxy in front of a node.
+        format!(
+            "cluster {{\n  name: \"c\"\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n  no_advertise: true\n}}\n",
+            chosen(cport),
+            routes.join(", ")
+        )
+    } else {
+        String::new()
+    };
+    let ports_file = ports_dir.map_or(String::new(), |d| format!("ports_file_dir: {d:?}\n"));
+    format!(
+        "server_name: \"{name}\"\nlisten: \"127.0.0.1:{}\"\n{ports_file}log_file: {log:?}\nmax_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 2GB\n  max_memory_store: 64MB\n}}\n{cluster}{extra}",
+        chosen(port)
+    )
+}
+
+/// The client and cluster ports a server wrote to its ports file.
+fn read_ports(dir: &Path, name: &str) -> (u16, Option<u16>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let file = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "ports"));
+        if let Some(f) = file {
+            if let Ok(v) = std::fs::read_to_string(f.path())
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string())
+                })
+            {
+                let port = |key: &str| {
+                    v[key][0]
+                        .as_str()
+                        .and_then(|u| u.rsplit(':').next())
+                        .and_then(|p| p.parse().ok())
+                };
+                if let Some(client) = port("nats") {
+                    return (client, port("cluster"));
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} wrote no ports file in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub struct Node {
     pub name: String,
     pub port: u16,
+    cluster_port: Option<u16>,
     pub config: PathBuf,
     pub log: PathBuf,
+    store: PathBuf,
     child: Option<Child>,
 }
 
@@ -100,48 +171,72 @@ impl Cluster {
         secured: Option<(String, String, PathBuf)>,
     ) -> Self {
         let extra = secured.as_ref().map(|s| s.0.clone()).unwrap_or_default();
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let mut nodes = Vec::new();
-        for (i, (port, cport)) in ports.iter().enumerate() {
+        let clustered = n > 1;
+        let mut c = Self {
+            binary: binary.to_path_buf(),
+            nodes: Vec::new(),
+            auth: secured.map(|(_, token, ca)| (token, ca)),
+        };
+        // Each server binds ports it chooses and says which (no port picked here
+        // and freed again for someone else to take first); each routes to the
+        // cluster ports of those started before it, and gossip does the rest.
+        let mut cluster_ports: Vec<u16> = Vec::new();
+        for i in 0..n {
             let name = format!("n{}", i + 1);
             let store = root.join(format!("{name}-store"));
             let log = root.join(format!("{name}.log"));
-            let routes: Vec<String> = ports
+            let ports_dir = root.join(format!("{name}-ports"));
+            std::fs::create_dir_all(&ports_dir).unwrap();
+            let config = root.join(format!("{name}.conf"));
+            let first = node_config(
+                &name,
+                None,
+                None,
+                &cluster_ports,
+                clustered,
+                &store,
+                &log,
+                Some(&ports_dir),
+                &extra,
+            );
+            std::fs::write(&config, first).unwrap();
+            c.nodes.push(Node {
+                name: name.clone(),
+                port: 0,
+                cluster_port: None,
+                config,
+                log,
+                store,
+                child: None,
+            });
+            c.start_node(i);
+            let (port, cport) = read_ports(&ports_dir, &name);
+            c.nodes[i].port = port;
+            c.nodes[i].cluster_port = cport;
+            cluster_ports.extend(cport);
+        }
+        // A restarted node comes back on the same ports, routed to every other.
+        for i in 0..n {
+            let node = &c.nodes[i];
+            let routes: Vec<u16> = c
+                .nodes
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .map(|(_, (_, c))| format!("\"nats-route://127.0.0.1:{c}\""))
+                .filter_map(|(_, o)| o.cluster_port)
                 .collect();
-            let cluster = if n > 1 {
-                // no_advertise: clients use the URLs they were given, so a test can
-                // put a fault proxy in front of a node.
-                format!(
-                    "cluster {{\n  name: \"c\"\n  listen: \"127.0.0.1:{cport}\"\n  routes: [{}]\n  no_advertise: true\n}}\n",
-                    routes.join(", ")
-                )
-            } else {
-                String::new()
-            };
-            let text = format!(
-                "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nlog_file: {log:?}\nmax_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 2GB\n  max_memory_store: 64MB\n}}\n{cluster}{extra}"
+            let text = node_config(
+                &node.name,
+                Some(node.port),
+                node.cluster_port,
+                &routes,
+                clustered,
+                &node.store,
+                &node.log,
+                None,
+                &extra,
             );
-            let config = root.join(format!("{name}.conf"));
-            std::fs::write(&config, text).unwrap();
-            nodes.push(Node {
-                name,
-                port: *port,
-                config,
-                log,
-                child: None,
-            });
-        }
-        let mut c = Self {
-            binary: binary.to_path_buf(),
-            nodes,
-            auth: secured.map(|(_, token, ca)| (token, ca)),
-        };
-        for i in 0..n {
-            c.start_node(i);
+            std::fs::write(&node.config, text).unwrap();
         }
         c.wait_ready(Duration::from_secs(60)).await;
         c
