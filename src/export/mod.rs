@@ -274,6 +274,32 @@ impl Worker {
             .inc_by(wire);
     }
 
+    /// A failure worth retrying in `wait`: kept for `status`, logged (a warning at
+    /// most every `WARN_EVERY`, debug otherwise).
+    fn will_retry(
+        &self,
+        reason: &str,
+        what: &str,
+        seq: u64,
+        attempt: u32,
+        wait: Duration,
+        throttle: &Throttle,
+    ) {
+        self.failed(reason);
+        if throttle.allow() {
+            tracing::warn!(
+                destination = %self.name,
+                seq,
+                attempt,
+                retry_in_ms = wait.as_millis() as u64,
+                reason = %reason,
+                "{what}"
+            );
+        } else {
+            tracing::debug!(destination = %self.name, seq, attempt, reason = %reason, "{what}");
+        }
+    }
+
     fn failed(&self, reason: &str) {
         *self.status.last_error.lock().unwrap() = Some((now_ms(), reason.to_string()));
     }
@@ -371,18 +397,9 @@ impl Worker {
                 }
                 Sent::Full { reason } => {
                     self.count_attempt("full", took, wire);
-                    self.failed(&reason);
                     let wait = backoff.next(None);
-                    if throttle.allow() {
-                        tracing::warn!(
-                            destination = %self.name,
-                            seq,
-                            attempt,
-                            retry_in_ms = wait.as_millis() as u64,
-                            reason = %reason,
-                            "destination is full; the record stays in our log and is retried"
-                        );
-                    }
+                    let what = "destination is full; the record stays in our log and is retried";
+                    self.will_retry(&reason, what, seq, attempt, wait, throttle);
                     wait
                 }
                 Sent::Transient {
@@ -390,20 +407,15 @@ impl Worker {
                     retry_after,
                 } => {
                     self.count_attempt("retryable", took, wire);
-                    self.failed(&reason);
                     let wait = backoff.next(retry_after);
-                    if throttle.allow() {
-                        tracing::warn!(
-                            destination = %self.name,
-                            seq,
-                            attempt,
-                            retry_in_ms = wait.as_millis() as u64,
-                            reason = %reason,
-                            "export failed; retrying"
-                        );
-                    } else {
-                        tracing::debug!(destination = %self.name, seq, attempt, reason = %reason, "export failed; retrying");
-                    }
+                    self.will_retry(
+                        &reason,
+                        "export failed; retrying",
+                        seq,
+                        attempt,
+                        wait,
+                        throttle,
+                    );
                     wait
                 }
             };

@@ -13,6 +13,7 @@ use super::{fmt_time, parse_time, table, Ctx, ToolError, Verdict};
 use crate::deadletter::{DeadLetter, DeadLetters};
 use crate::ledger::summary::{self, Count, LogView, Summary};
 use crate::ledger::{self, ms, Entry};
+use crate::receiver::RELAY_KEY_PREFIX;
 
 fn read_ledger(ctx: &Ctx) -> Result<Vec<Entry>, ToolError> {
     ledger::read_all(&ctx.ledger_dir())
@@ -251,8 +252,8 @@ pub fn show(
             });
         let relayed = record
             .as_ref()
-            .and_then(|r| r.client_key.strip_prefix("relay:"))
-            .map(str::to_string);
+            .and_then(|r| r.client_key.as_bytes().strip_prefix(RELAY_KEY_PREFIX))
+            .map(|k| String::from_utf8_lossy(k).into_owned());
         batches.push(Batch {
             seq,
             record,
@@ -293,7 +294,7 @@ fn seqs_of_key(entries: &[Entry], instance: Option<&str>, key: &str) -> BTreeSet
             }
             | Entry::Deduplicated { seq, key: k, .. }
                 // Relayed from JetStream: stored as relay:<the edge's key>.
-                if k == key || k.strip_prefix("relay:") == Some(key) =>
+                if k == key || k.as_bytes().strip_prefix(RELAY_KEY_PREFIX) == Some(key.as_bytes()) =>
             {
                 Some(*seq)
             }
