@@ -400,7 +400,8 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
             ready.clone(),
             otlp,
         )
-        .with_pipeline(pipeline),
+        .with_pipeline(pipeline)
+        .with_compression(cfg.storage.record_compression()),
     );
     let mut receivers = Stage::new("receiver");
     let max_req = otlp.max_request_bytes.0 as usize;
@@ -490,7 +491,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         ));
     }
 
-    let dead_letters = DeadLetters::new(&dir);
+    let dead_letters = DeadLetters::new(&dir).with_keys(cfg.storage.encryption.ring.clone());
     let mut workers = Stage::new("replay worker");
     let mut statuses = Vec::new();
     for (d, cursor) in cfg.destinations.iter().zip(&cursors) {

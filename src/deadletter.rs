@@ -5,12 +5,18 @@
 //! Layout, per destination:
 //!
 //! ```text
-//! <data>/dead-letter/<destination>/<seq:020>.pb    the record's payload (OTLP protobuf)
-//! <data>/dead-letter/<destination>/<seq:020>.json  what, when and why (written last)
+//! <data>/dead-letter/<destination>/<seq:020>.pb         the record's payload (OTLP protobuf)
+//! <data>/dead-letter/<destination>/<seq:020>.pb.sealed  the same, encrypted (below)
+//! <data>/dead-letter/<destination>/<seq:020>.json       what, when and why (written last)
 //! ```
 //!
 //! A dead letter is complete when its `.json` exists; both files are synced and
 //! renamed into place before the destination's cursor moves past the record.
+//!
+//! With encryption at rest on, the payload is sealed as the log seals records
+//! (`storage/FORMAT.md`, "Sealed dead letters"): `TSDL` ‖ version 1 ‖ codec ‖ a
+//! random 16-byte salt ‖ the sealed payload, under a key derived from the active
+//! key, the salt and the seq, bound to the seq, span count and destination.
 
 use std::fs;
 use std::io;
@@ -18,7 +24,8 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tracespool_storage::Record;
+use tracespool_storage::crypto::FrameAad;
+use tracespool_storage::{KeyRing, Record};
 
 use crate::fsio::write_atomically;
 
@@ -42,7 +49,12 @@ pub struct DeadLetter {
 #[derive(Clone, Debug)]
 pub struct DeadLetters {
     root: PathBuf,
+    /// Seals new letters with its active key; opens sealed ones.
+    keys: KeyRing,
 }
+
+const SEALED_MAGIC: &[u8; 4] = b"TSDL";
+const SEALED_HEADER: usize = 4 + 1 + 1 + 16;
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -54,7 +66,68 @@ impl DeadLetters {
     pub fn new(data_dir: &Path) -> Self {
         Self {
             root: data_dir.join("dead-letter"),
+            keys: KeyRing::default(),
         }
+    }
+
+    /// Letters are sealed with the ring's active key, and sealed ones opened.
+    pub fn with_keys(mut self, keys: KeyRing) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    fn aad(destination: &str, seq: u64, spans: u32, codec: u8) -> FrameAad {
+        FrameAad::new(seq, 0, spans, codec, destination.as_bytes())
+    }
+
+    fn seal(&self, key_id: u32, l: &DeadLetter, protobuf: &[u8]) -> io::Result<Vec<u8>> {
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt).map_err(|e| io::Error::other(e.to_string()))?;
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|e| io::Error::other(e.to_string()))?;
+        let key = self
+            .keys
+            .segment_key(key_id, &salt, l.seq)
+            .map_err(io::Error::other)?;
+        let codec = crate::payload::PROTOBUF.0;
+        let sealed = key.seal(
+            nonce,
+            &Self::aad(&l.destination, l.seq, l.spans, codec),
+            protobuf,
+        );
+        let mut out = Vec::with_capacity(SEALED_HEADER + sealed.len());
+        out.extend_from_slice(SEALED_MAGIC);
+        out.push(1);
+        out.push(codec);
+        out.extend_from_slice(&salt);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    fn open(&self, l: &DeadLetter, file: &Path, mut bytes: Vec<u8>) -> io::Result<Vec<u8>> {
+        let bad = |what: String| io::Error::other(format!("{}: {what}", file.display()));
+        if bytes.len() < SEALED_HEADER || &bytes[..4] != SEALED_MAGIC || bytes[4] != 1 {
+            return Err(bad(
+                "not a sealed dead letter of a version this build reads".into(),
+            ));
+        }
+        let codec = bytes[5];
+        let mut salt = [0u8; 16];
+        salt.copy_from_slice(&bytes[6..22]);
+        let sealed = &mut bytes[SEALED_HEADER..];
+        let key_id =
+            tracespool_storage::crypto::sealed_key_id(sealed).map_err(|e| bad(e.to_string()))?;
+        let key = self
+            .keys
+            .segment_key(key_id, &salt, l.seq)
+            .map_err(|e| bad(e.to_string()))?;
+        let range = key
+            .open(&Self::aad(&l.destination, l.seq, l.spans, codec), sealed)
+            .map_err(|e| bad(e.to_string()))?;
+        let plain = sealed[range].to_vec();
+        crate::payload::protobuf(tracespool_storage::Codec(codec), &plain.into())
+            .map(|b| b.to_vec())
+            .map_err(bad)
     }
 
     fn dir(&self, destination: &str) -> PathBuf {
@@ -85,8 +158,21 @@ impl DeadLetters {
             reason: reason.into(),
         };
         let stem = format!("{:020}", record.seq);
+        // Kept as OTLP protobuf, whatever the log stored it as.
+        let protobuf = crate::payload::protobuf(record.codec, &record.payload)
+            .map_err(|e| io::Error::other(format!("dead letter seq {}: {e}", record.seq)))?;
+        let letter = DeadLetter {
+            bytes: protobuf.len() as u64,
+            ..letter
+        };
         // The payload first: a dead letter is complete once its .json exists.
-        write_atomically(&dir, &format!("{stem}.pb"), &record.payload)?;
+        match self.keys.active() {
+            Some(key_id) => {
+                let sealed = self.seal(key_id, &letter, &protobuf)?;
+                write_atomically(&dir, &format!("{stem}.pb.sealed"), &sealed)?;
+            }
+            None => write_atomically(&dir, &format!("{stem}.pb"), &protobuf)?,
+        }
         let meta = serde_json::to_vec_pretty(&letter).map_err(io::Error::other)?;
         write_atomically(&dir, &format!("{stem}.json"), &meta)?;
         Ok(letter)
@@ -127,7 +213,7 @@ impl DeadLetters {
     pub fn remove(&self, letter: &DeadLetter) -> io::Result<()> {
         let dir = self.dir(&letter.destination);
         let stem = format!("{:020}", letter.seq);
-        for ext in ["json", "pb"] {
+        for ext in ["json", "pb", "pb.sealed"] {
             match fs::remove_file(dir.join(format!("{stem}.{ext}"))) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -137,12 +223,19 @@ impl DeadLetters {
         crate::fsio::sync_dir(&dir)
     }
 
-    /// The payload of a dead letter.
+    /// The payload of a dead letter (OTLP protobuf), opened if it is sealed; a
+    /// sealed one whose key is not configured is an error naming the key id.
     pub fn payload(&self, letter: &DeadLetter) -> io::Result<Vec<u8>> {
-        fs::read(
-            self.dir(&letter.destination)
-                .join(format!("{:020}.pb", letter.seq)),
-        )
+        let dir = self.dir(&letter.destination);
+        let plain = dir.join(format!("{:020}.pb", letter.seq));
+        match fs::read(&plain) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let sealed = dir.join(format!("{:020}.pb.sealed", letter.seq));
+                let bytes = fs::read(&sealed)?;
+                self.open(letter, &sealed, bytes)
+            }
+            r => r,
+        }
     }
 }
 
@@ -179,5 +272,55 @@ mod tests {
             .unwrap()
             .next()
             .is_none());
+    }
+
+    #[test]
+    fn sealed_letters_hold_no_plaintext_and_open_only_with_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ring = KeyRing::default();
+        ring.insert(4, [7; 32]).unwrap();
+        ring.set_active(Some(4)).unwrap();
+        let dl = DeadLetters::new(dir.path()).with_keys(ring.clone());
+        let secret = b"\x0a\x0fcard-number-4242";
+        let (stored, codec) = crate::payload::store(
+            Bytes::from_static(secret),
+            crate::payload::Compression::Zstd { level: 1 },
+        );
+        let record = Record {
+            seq: 7,
+            received_at: SystemTime::now(),
+            span_count: 1,
+            codec,
+            idempotency_key: Bytes::new(),
+            payload: stored,
+        };
+        let l = dl.store("backend", &record, "k", 1, "refused").unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("dead-letter/backend"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 2, "{files:?}");
+        for f in &files {
+            let b = std::fs::read(f).unwrap();
+            assert!(
+                !b.windows(11).any(|w| w == b"card-number"),
+                "{}",
+                f.display()
+            );
+        }
+        assert_eq!(dl.payload(&l).unwrap(), secret);
+        // Without the key: an error naming it.
+        let e = DeadLetters::new(dir.path()).payload(&l).unwrap_err();
+        assert!(e.to_string().contains("key id 4"), "{e}");
+        // Another key under the same id: refused.
+        let mut wrong = KeyRing::default();
+        wrong.insert(4, [8; 32]).unwrap();
+        let e = DeadLetters::new(dir.path())
+            .with_keys(wrong)
+            .payload(&l)
+            .unwrap_err();
+        assert!(e.to_string().contains("authentication failed"), "{e}");
+        dl.remove(&l).unwrap();
+        assert!(dl.list(None).unwrap().is_empty());
     }
 }

@@ -10,6 +10,7 @@
 //! | [`accounting`] | every audited event: its ledger entry, metrics and log line, once   |
 //! | [`status`]   | how refusals become gRPC and HTTP statuses (one place)               |
 //! | [`otlp`]     | protobuf check without decoding, JSON conversion, pass-through codec |
+//! | [`payload`]  | the codec registry: zstd on the way in, pass-through or transcoding out |
 //! | [`dedup`]    | idempotency keys seen within the window, crash-consistent            |
 //! | [`export`]   | replay workers, OTLP clients, retry with backoff                     |
 //! | [`deadletter`] | records refused permanently, kept on disk                          |
@@ -39,6 +40,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod nats;
 pub mod otlp;
+pub mod payload;
 pub mod pem;
 pub mod process;
 pub mod receiver;

@@ -18,6 +18,8 @@
 //! | `tracespool_export_duration_seconds` | destination | one export attempt |
 //! | `tracespool_export_retries_total` | destination | attempts after a failure |
 //! | `tracespool_egress_bytes_total` | destination | bytes sent, after compression |
+//! | `tracespool_wal_record_bytes_total` | form | bytes of stored records as OTLP protobuf (`protobuf`) and as written, compressed (`stored`) |
+//! | `tracespool_wal_compression_ratio` | | protobuf bytes per stored byte since start |
 //! | `tracespool_append_duration_seconds` | | receive → durable (the ack latency) |
 //! | `tracespool_wal_bytes`, `_budget_bytes`, `_segments` | | the log on disk |
 //! | `tracespool_wal_fsync_duration_seconds` | | each `fdatasync` of the log |
@@ -64,6 +66,11 @@ pub struct ReceiverLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormLabel {
+    pub form: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -151,6 +158,9 @@ pub struct Metrics {
     pub export_duplicates: Family<DestinationLabel, Counter>,
     pub jetstream_messages: Family<OutcomeLabel, Counter>,
     pub egress_bytes: Family<DestinationLabel, Counter>,
+    /// Bytes of records stored since start: as OTLP protobuf, and as stored.
+    pub record_bytes: Family<FormLabel, Counter>,
+    pub compression_ratio: Gauge<f64, AtomicU64>,
     pub dead_letters: Family<DestinationLabel, Counter>,
     pub append_duration: Histogram,
     pub receiver_connections: Family<ReceiverOutcome, Counter>,
@@ -173,6 +183,24 @@ pub struct LiveState {
 }
 
 impl Metrics {
+    /// A record of `protobuf` bytes was stored as `stored` bytes.
+    pub fn record_stored(&self, protobuf: u64, stored: u64) {
+        // One guard at a time: a family's guard holds its lock.
+        let p = self
+            .record_bytes
+            .get_or_create(&FormLabel { form: "protobuf" })
+            .inc_by(protobuf)
+            + protobuf;
+        let s = self
+            .record_bytes
+            .get_or_create(&FormLabel { form: "stored" })
+            .inc_by(stored)
+            + stored;
+        if s > 0 {
+            self.compression_ratio.set(p as f64 / s as f64);
+        }
+    }
+
     pub fn new(destinations: &[String]) -> Arc<Self> {
         let mut m = Self {
             receiver_requests: Family::default(),
@@ -189,6 +217,8 @@ impl Metrics {
             export_duplicates: Family::default(),
             jetstream_messages: Family::default(),
             egress_bytes: Family::default(),
+            record_bytes: Family::default(),
+            compression_ratio: Gauge::default(),
             dead_letters: Family::default(),
             append_duration: histogram(),
             receiver_connections: Family::default(),
@@ -213,6 +243,16 @@ impl Metrics {
             "spans_received",
             "Spans in valid requests received",
             m.spans_received.clone(),
+        );
+        registry.register(
+            "wal_record_bytes",
+            "Bytes of the records stored since start, as OTLP protobuf (form=protobuf) and as written to the log, compressed (form=stored)",
+            m.record_bytes.clone(),
+        );
+        registry.register(
+            "wal_compression_ratio",
+            "Protobuf bytes per stored byte of the records stored since start (1 without compression)",
+            m.compression_ratio.clone(),
         );
         registry.register(
             "spans_persisted",

@@ -28,6 +28,7 @@ fn corpus_of_every_target_still_passes() {
         ),
         ("otlp_json", tracespool::fuzzing::otlp_json),
         ("gzip", tracespool::fuzzing::gzip),
+        ("zstd", tracespool::fuzzing::zstd),
         ("wal_segment", tracespool::fuzzing::wal_segment),
     ] {
         let n = replay(target, check);
@@ -61,18 +62,51 @@ fn seeds_exercise_the_checks_past_the_first_gate() {
     );
     let out = tracespool::receiver::gunzip(&read("gzip/pii"), 1 << 20).unwrap();
     assert_eq!(out[..], read("otlp_protobuf/pii")[..]);
+    for seed in ["zstd/pii", "zstd/streamed-no-size"] {
+        let out = tracespool::receiver::unzstd(&read(seed), 1 << 20).unwrap();
+        assert_eq!(out[..], read("otlp_protobuf/pii")[..], "{seed}");
+    }
+    let out = tracespool::payload::zstd_decompress(&read("zstd/two-frames"), 1 << 20).unwrap();
+    assert_eq!(out.len(), 2 * read("otlp_protobuf/pii").len());
     let seg = tracespool_storage::offline::scan_segment(
         &read("wal_segment/forwarder-7-records"),
         1,
         None,
         false,
+        None,
     );
     assert_eq!(
         seg.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
         (1..=7).collect::<Vec<_>>()
     );
     assert!(seg.damage.is_empty());
-    let torn =
-        tracespool_storage::offline::scan_segment(&read("wal_segment/torn-tail"), 1, None, false);
+    let torn = tracespool_storage::offline::scan_segment(
+        &read("wal_segment/torn-tail"),
+        1,
+        None,
+        false,
+        None,
+    );
     assert!(torn.incomplete_tail.is_some() && torn.records.len() < 7);
+    // A segment of sealed zstd records under the fuzz key: the target reaches the
+    // decryption and the records open to the SDK's request.
+    let sealed = read("wal_segment/sealed-zstd-5-records");
+    let header = tracespool_storage::format::SegmentHeader::decode(&sealed).unwrap();
+    assert_eq!(header.key_id, 1);
+    let mut ring = tracespool_storage::KeyRing::default();
+    ring.insert(1, tracespool::fuzzing::FUZZ_KEY).unwrap();
+    let keys = tracespool_storage::offline::Keys {
+        ring: &ring,
+        wal_id: header.wal_id,
+    };
+    let seg = tracespool_storage::offline::scan_segment(&sealed, 1, None, true, Some(keys));
+    assert_eq!(seg.records.len(), 5);
+    assert!(seg.unopened.is_empty() && seg.damage.is_empty());
+    for r in &seg.records {
+        assert_eq!(r.codec, tracespool::payload::PROTOBUF_ZSTD);
+        let pb = tracespool::payload::protobuf(r.codec, &r.payload).unwrap();
+        assert_eq!(pb[..], read("otlp_protobuf/pii")[..]);
+    }
+    let locked = tracespool_storage::offline::scan_segment(&sealed, 1, None, true, None);
+    assert_eq!((locked.records.len(), locked.unopened.len()), (0, 5));
 }

@@ -97,6 +97,46 @@ pub struct StorageConfig {
     pub when_full: WhenFull,
     /// Keep delivered segments this long (for replay and audit) before deleting them.
     pub retain_delivered: Dur,
+    /// How records are compressed before they are stored ("none" or "zstd").
+    pub compression: StorageCompression,
+    /// zstd level, 1 (fastest) to 19.
+    pub compression_level: i32,
+    /// Encryption at rest (AES-256-GCM); off unless keys are given.
+    pub encryption: EncryptionConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageCompression {
+    None,
+    Zstd,
+}
+
+/// `[storage.encryption]`: keys by id, from files or variables (never in the
+/// config file), and the one new records are sealed with.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// Id of the key new records are encrypted with; absent: new records are
+    /// stored in plaintext (keys listed still read older records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_key: Option<u32>,
+    pub keys: Vec<KeyConfig>,
+    /// The keys, read at load (never serialized, never printed).
+    #[serde(skip)]
+    pub ring: tracespool_storage::KeyRing,
+}
+
+/// One key: 32 bytes written as 64 hex digits (`openssl rand -hex 32`), in a file
+/// or an environment variable.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyConfig {
+    pub id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 impl Default for StorageConfig {
@@ -110,6 +150,9 @@ impl Default for StorageConfig {
             fsync_interval: Dur(Duration::from_millis(100)),
             when_full: WhenFull::Backpressure,
             retain_delivered: Dur(Duration::ZERO),
+            compression: StorageCompression::None,
+            compression_level: 1,
+            encryption: EncryptionConfig::default(),
         }
     }
 }
@@ -197,6 +240,18 @@ pub enum Protocol {
 pub enum Compression {
     None,
     Gzip,
+    /// zstd: records stored as zstd are sent as stored, without recompressing.
+    Zstd,
+}
+
+impl Compression {
+    pub fn wire(self) -> crate::payload::Encoding {
+        match self {
+            Self::None => crate::payload::Encoding::Identity,
+            Self::Gzip => crate::payload::Encoding::Gzip,
+            Self::Zstd => crate::payload::Encoding::Zstd,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -415,6 +470,7 @@ impl Config {
 
     /// Reads tokens, header values and hash keys given as files or variables.
     fn resolve_secrets(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        self.storage.encryption.resolve(env)?;
         self.receivers.otlp.auth.resolve(env)?;
         if let Some(js) = &mut self.receivers.jetstream {
             js.credentials
@@ -514,6 +570,7 @@ impl Config {
             WhenFull::DropOldest => tracespool_storage::WhenFull::DropOldest,
         };
         w.retain_delivered = s.retain_delivered.0;
+        w.keys = s.encryption.ring.clone();
         w.max_record_bytes = self.receivers.otlp.max_decompressed_bytes.0;
         w
     }
@@ -565,7 +622,97 @@ impl StorageConfig {
                     .into(),
             );
         }
+        if !(1..=19).contains(&s.compression_level) {
+            return err(format!(
+                "storage.compression_level must be between 1 and 19, got {}",
+                s.compression_level
+            ));
+        }
         Ok(())
+    }
+
+    /// How the receivers compress records before they are stored.
+    pub fn record_compression(&self) -> crate::payload::Compression {
+        match self.compression {
+            StorageCompression::None => crate::payload::Compression::None,
+            StorageCompression::Zstd => crate::payload::Compression::Zstd {
+                level: self.compression_level,
+            },
+        }
+    }
+}
+
+impl EncryptionConfig {
+    /// Reads every key (each named by its id in errors; no key byte in any message).
+    fn resolve(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        let mut ring = tracespool_storage::KeyRing::default();
+        for (i, k) in self.keys.iter().enumerate() {
+            let key = format!("storage.encryption.keys[{i}]");
+            if k.id == 0 {
+                return Err(ConfigError(format!(
+                    "{key}.id: give each key a non-zero id (it is written beside every record it encrypts)"
+                )));
+            }
+            let text = match (&k.file, &k.env) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(ConfigError(format!(
+                        "{key} (key id {}): give exactly one of file or env (keys are never written in the config file)",
+                        k.id
+                    )))
+                }
+                (Some(f), None) => {
+                    warn_if_readable_by_others(f, k.id);
+                    std::fs::read_to_string(f).map_err(|e| {
+                        ConfigError(format!("{key}.file (key id {}) {}: {e}", k.id, f.display()))
+                    })?
+                }
+                (None, Some(var)) => env.get(var).cloned().ok_or_else(|| {
+                    ConfigError(format!(
+                        "{key}.env (key id {}): the variable {var} is not set",
+                        k.id
+                    ))
+                })?,
+            };
+            let bytes = parse_hex_key(text.trim()).ok_or_else(|| {
+                ConfigError(format!(
+                    "{key} (key id {}): a key is 32 bytes written as 64 hex digits (e.g. `openssl rand -hex 32`)",
+                    k.id
+                ))
+            })?;
+            ring.insert(k.id, bytes)
+                .map_err(|e| ConfigError(format!("{key}: {e}")))?;
+        }
+        ring.set_active(self.active_key).map_err(|e| {
+            ConfigError(format!(
+                "storage.encryption.active_key: {e} (add it to storage.encryption.keys)"
+            ))
+        })?;
+        self.ring = ring;
+        Ok(())
+    }
+}
+
+fn parse_hex_key(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+fn warn_if_readable_by_others(path: &Path, id: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(key_id = id, file = %path.display(), mode = format!("{mode:o}"), "an encryption key file is readable by group or others; chmod 600 it");
+        }
     }
 }
 

@@ -504,3 +504,99 @@ fn jetstream_destinations_and_sources_load_and_their_mistakes_name_the_key() {
         assert!(!e.contains("pw@"), "a secret in an error: {e}");
     }
 }
+
+#[test]
+fn compression_and_encryption_keys_load_from_files_and_variables_and_never_show() {
+    let hex1 = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let hex2 = "FFEEDDCCBBAA99887766554433221100ffeeddccbbaa99887766554433221100";
+    let mut keyfile = tempfile::NamedTempFile::new().unwrap();
+    writeln!(keyfile, "{hex1}").unwrap();
+    let f = file(&format!(
+        r#"
+        [storage]
+        compression = "zstd"
+        compression_level = 3
+        [storage.encryption]
+        active_key = 2
+        [[storage.encryption.keys]]
+        id = 1
+        file = "{}"
+        [[storage.encryption.keys]]
+        id = 2
+        env = "SPOOL_KEY_2"
+        "#,
+        keyfile.path().display()
+    ));
+    let cfg = Config::load(Some(f.path()), &env(&[("SPOOL_KEY_2", hex2)])).unwrap();
+    assert_eq!(
+        cfg.storage.record_compression(),
+        crate::payload::Compression::Zstd { level: 3 }
+    );
+    let ring = &cfg.storage.encryption.ring;
+    assert_eq!(ring.ids().collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(ring.active(), Some(2));
+    assert_eq!(cfg.wal_config().keys.active(), Some(2));
+    // No key byte in Debug or in the effective configuration.
+    for shown in [format!("{cfg:?}"), cfg.to_redacted_toml()] {
+        for needle in ["00112233", "ffeeddcc", "FFEEDDCC"] {
+            assert!(!shown.contains(needle), "{needle} in {shown}");
+        }
+    }
+    assert!(cfg.to_redacted_toml().contains("SPOOL_KEY_2"));
+}
+
+#[test]
+fn encryption_mistakes_name_the_key_id_and_never_the_key() {
+    let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            "[[storage.encryption.keys]]\nid = 3\nenv = \"K\"\n",
+            &[("K", "00112233")],
+            "(key id 3): a key is 32 bytes written as 64 hex digits",
+        ),
+        (
+            "[[storage.encryption.keys]]\nid = 3\nenv = \"K\"\n",
+            &[],
+            "storage.encryption.keys[0].env (key id 3): the variable K is not set",
+        ),
+        (
+            "[[storage.encryption.keys]]\nid = 3\n",
+            &[],
+            "give exactly one of file or env",
+        ),
+        (
+            "[[storage.encryption.keys]]\nid = 0\nenv = \"K\"\n",
+            &[("K", hex)],
+            "keys[0].id: give each key a non-zero id",
+        ),
+        (
+            "[[storage.encryption.keys]]\nid = 1\nenv = \"K\"\n[[storage.encryption.keys]]\nid = 1\nenv = \"K\"\n",
+            &[("K", hex)],
+            "key id 1 is given twice",
+        ),
+        (
+            "active_key = 9\n[[storage.encryption.keys]]\nid = 1\nenv = \"K\"\n",
+            &[("K", hex)],
+            "storage.encryption.active_key: the active key id 9 is not among the keys",
+        ),
+        (
+            "[[storage.encryption.keys]]\nid = 1\nfile = \"/nonexistent/key\"\n",
+            &[],
+            "storage.encryption.keys[0].file (key id 1) /nonexistent/key",
+        ),
+    ];
+    for (text, vars, want) in cases {
+        let text = format!("[storage.encryption]\n{text}");
+        let e = load_err(&text, vars);
+        assert!(e.contains(want), "{text}: {e}");
+        assert!(!e.contains("00112233"), "{e}");
+    }
+    let e = load_err("[storage]\ncompression_level = 20\n", &[]);
+    assert!(
+        e.contains("storage.compression_level must be between 1 and 19"),
+        "{e}"
+    );
+    let e = load_err("[storage]\ncompression = \"lz4\"\n", &[]);
+    assert!(e.contains("compression"), "{e}");
+}

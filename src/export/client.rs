@@ -14,16 +14,21 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use tracespool_storage::Codec;
+
 use super::jetstream::JetStreamClient;
 use crate::config::{Compression, DestinationConfig, Protocol};
 use crate::otlp::codec::{RawCodec, EXPORT_PATH};
 use crate::otlp::partial_success;
+use crate::payload::{Encoding, Wire};
 
 /// One record to export: its stored bytes, its idempotency key, and what a
 /// destination may put beside them (JetStream headers).
 #[derive(Clone, Debug)]
 pub struct Export<'a> {
+    /// The record's payload as stored (decrypted), in `codec`.
     pub payload: Bytes,
+    pub codec: Codec,
     pub key: &'a str,
     pub seq: u64,
     pub spans: u32,
@@ -102,7 +107,7 @@ impl Client {
                     channel,
                     headers,
                     timeout,
-                    gzip: cfg.compression == Compression::Gzip,
+                    compression: cfg.compression,
                 }))
             }
             Protocol::Jetstream => Ok(Self::JetStream(Arc::new(JetStreamClient::new(
@@ -131,7 +136,7 @@ impl Client {
                     uri,
                     headers,
                     timeout,
-                    gzip: cfg.compression == Compression::Gzip,
+                    encoding: cfg.compression.wire(),
                 })))
             }
         }
@@ -141,11 +146,22 @@ impl Client {
     /// Returns the outcome and the bytes put on the wire (after compression).
     pub async fn send(&self, export: Export<'_>) -> (Sent, u64) {
         match self {
-            Self::Grpc(c) => c.send(export.payload, export.key).await,
-            Self::Http(c) => c.send(export.payload, export.key).await,
+            Self::Grpc(c) => c.send(export).await,
+            Self::Http(c) => c.send(export).await,
             Self::JetStream(c) => c.send(export).await,
         }
     }
+}
+
+/// A stored payload this build cannot turn into a request is never accepted by
+/// any backend: permanent.
+fn unreadable(seq: u64, e: String) -> (Sent, u64) {
+    (
+        Sent::Permanent {
+            reason: format!("the stored payload of seq {seq} cannot be read: {e}"),
+        },
+        0,
+    )
 }
 
 #[derive(Clone)]
@@ -153,16 +169,27 @@ pub struct GrpcClient {
     channel: Channel,
     headers: MetadataMap,
     timeout: Duration,
-    gzip: bool,
+    compression: Compression,
 }
 
 impl GrpcClient {
-    async fn send(&self, payload: Bytes, key: &str) -> (Sent, u64) {
+    async fn send(&self, export: Export<'_>) -> (Sent, u64) {
+        if self.compression == Compression::Zstd {
+            return match Wire::for_destination(export.codec, &export.payload, Encoding::Zstd) {
+                Ok(wire) => self.send_framed(wire.body, export.key).await,
+                Err(e) => unreadable(export.seq, e),
+            };
+        }
+        let payload = match crate::payload::protobuf(export.codec, &export.payload) {
+            Ok(p) => p,
+            Err(e) => return unreadable(export.seq, e),
+        };
+        let key = export.key;
         let wire = payload.len() as u64;
         let mut grpc = tonic::client::Grpc::new(self.channel.clone())
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
-        if self.gzip {
+        if self.compression == Compression::Gzip {
             grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
         let mut req = tonic::Request::new(payload);
@@ -208,6 +235,135 @@ impl GrpcClient {
     }
 }
 
+impl GrpcClient {
+    /// One unary call whose message is already zstd-compressed (the stored
+    /// bytes): framed with the compressed flag and `grpc-encoding: zstd`, sent as
+    /// given. tonic would compress the message itself, so this call is made on
+    /// the same channel by hand (gRPC over HTTP/2, "Length-Prefixed-Message").
+    async fn send_framed(&self, zstd: Bytes, key: &str) -> (Sent, u64) {
+        use tower::{Service, ServiceExt};
+        let wire = zstd.len() as u64;
+        let mut frame = Vec::with_capacity(5 + zstd.len());
+        frame.push(1);
+        frame.extend_from_slice(&(zstd.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&zstd);
+        let mut req = http::Request::post(EXPORT_PATH);
+        if let Some(h) = req.headers_mut() {
+            *h = self.headers.clone().into_headers();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+            h.insert("grpc-encoding", http::HeaderValue::from_static("zstd"));
+            h.insert(
+                "grpc-accept-encoding",
+                http::HeaderValue::from_static("identity,gzip,zstd"),
+            );
+            if let Ok(v) =
+                http::HeaderValue::from_str(&format!("{}m", self.timeout.as_millis().max(1)))
+            {
+                h.insert("grpc-timeout", v);
+            }
+            if let Ok(v) = http::HeaderValue::from_str(key) {
+                h.insert("idempotency-key", v);
+            }
+        }
+        let req = match req.body(tonic::body::Body::new(Full::new(Bytes::from(frame)))) {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    Sent::Permanent {
+                        reason: format!("building request: {e}"),
+                    },
+                    0,
+                )
+            }
+        };
+        let mut channel = self.channel.clone();
+        let call = async {
+            let response = channel
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?
+                .call(req)
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("transport: {e}")))?;
+            let (parts, body) = response.into_parts();
+            if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
+                if status.code() != Code::Ok {
+                    return Err(status); // trailers-only answer
+                }
+            }
+            if parts.status != http::StatusCode::OK {
+                return Err(tonic::Status::unavailable(format!(
+                    "HTTP {} from the gRPC server",
+                    parts.status
+                )));
+            }
+            let collected = Limited::new(body, MAX_RESPONSE_BYTES + 5)
+                .collect()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("reading the answer: {e}")))?;
+            let status = collected
+                .trailers()
+                .and_then(tonic::Status::from_header_map)
+                .ok_or_else(|| tonic::Status::unknown("the answer carried no grpc-status"))?;
+            if status.code() != Code::Ok {
+                return Err(status);
+            }
+            let encoding = parts
+                .headers
+                .get("grpc-encoding")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("identity")
+                .to_string();
+            Ok::<_, tonic::Status>(unframe(&collected.to_bytes(), &encoding))
+        };
+        let outcome = match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Sent::Transient {
+                reason: format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+                retry_after: None,
+            },
+            Ok(Ok(message)) => match message.as_deref().and_then(partial_success) {
+                Some((rejected, message)) => Sent::Ok {
+                    rejected,
+                    message,
+                    receipt: None,
+                },
+                None => Sent::Ok {
+                    rejected: 0,
+                    message: String::new(),
+                    receipt: None,
+                },
+            },
+            Ok(Err(status)) => classify_grpc(&status),
+        };
+        (outcome, wire)
+    }
+}
+
+/// The message of a gRPC answer body (`None` when there is none, or it cannot be
+/// read: the call succeeded, only its partial-success detail is lost).
+fn unframe(body: &[u8], encoding: &str) -> Option<Vec<u8>> {
+    let (&flag, rest) = body.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let msg = rest.get(4..4 + len)?;
+    match (flag, encoding) {
+        (0, _) => Some(msg.to_vec()),
+        (_, "gzip") => crate::receiver::gunzip(msg, MAX_RESPONSE_BYTES)
+            .ok()
+            .map(|b| b.to_vec()),
+        (_, "zstd") => crate::receiver::unzstd(msg, MAX_RESPONSE_BYTES)
+            .ok()
+            .map(|b| b.to_vec()),
+        _ => None,
+    }
+}
+
 /// Sorts a gRPC status (OTLP specification, "Failures"): the retryable codes are
 /// retried (RESOURCE_EXHAUSTED only with `RetryInfo`); UNAUTHENTICATED and
 /// PERMISSION_DENIED are retried as auth failures; codes that say the request itself
@@ -247,12 +403,16 @@ pub struct HttpClient {
     uri: http::Uri,
     headers: http::HeaderMap,
     timeout: Duration,
-    gzip: bool,
+    encoding: Encoding,
 }
 
 impl HttpClient {
-    async fn send(&self, payload: Bytes, key: &str) -> (Sent, u64) {
-        let body = if self.gzip { gzip(&payload) } else { payload };
+    async fn send(&self, export: Export<'_>) -> (Sent, u64) {
+        let key = export.key;
+        let body = match Wire::for_destination(export.codec, &export.payload, self.encoding) {
+            Ok(w) => w.body,
+            Err(e) => return unreadable(export.seq, e),
+        };
         let wire = body.len() as u64;
         let mut req = http::Request::post(self.uri.clone());
         if let Some(h) = req.headers_mut() {
@@ -261,10 +421,10 @@ impl HttpClient {
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/x-protobuf"),
             );
-            if self.gzip {
+            if self.encoding != Encoding::Identity {
                 h.insert(
                     http::header::CONTENT_ENCODING,
-                    http::HeaderValue::from_static("gzip"),
+                    http::HeaderValue::from_static(self.encoding.token()),
                 );
             }
             if let Ok(v) = http::HeaderValue::from_str(key) {
@@ -386,16 +546,6 @@ fn rfc1123_to_rfc3339(v: &str) -> Option<String> {
     let day: u32 = parts[1].parse().ok()?;
     let year: u32 = parts[3].parse().ok()?;
     Some(format!("{year:04}-{month:02}-{day:02} {}", parts[4]))
-}
-
-fn gzip(data: &[u8]) -> Bytes {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 4),
-        flate2::Compression::fast(),
-    );
-    let _ = e.write_all(data);
-    Bytes::from(e.finish().unwrap_or_default())
 }
 
 #[cfg(test)]

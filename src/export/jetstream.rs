@@ -203,7 +203,30 @@ impl JetStreamClient {
         if let Some(t) = &self.cfg.tenant {
             headers.insert(HEADER_TENANT, t.as_str());
         }
-        let subject = self.subject(&export.payload);
+        // The stored bytes go as they are: a zstd record stays zstd in the stream
+        // (and in the gateway's spool, which stores it as it comes).
+        if export.codec == crate::payload::PROTOBUF_ZSTD {
+            headers.insert("Content-Encoding", "zstd");
+        }
+        let subject =
+            if self.cfg.subject.contains("{service}") && export.codec != crate::payload::PROTOBUF {
+                match crate::payload::protobuf(export.codec, &export.payload) {
+                    Ok(plain) => self.subject(&plain),
+                    Err(e) => {
+                        return (
+                            Sent::Permanent {
+                                reason: format!(
+                                    "the stored payload of seq {} cannot be read: {e}",
+                                    export.seq
+                                ),
+                            },
+                            0,
+                        )
+                    }
+                }
+            } else {
+                self.subject(&export.payload)
+            };
         let sent = match js
             .publish_with_headers(subject, headers, export.payload)
             .await

@@ -46,7 +46,6 @@ use crate::config::DestinationConfig;
 use crate::deadletter::DeadLetters;
 use crate::ledger::now_ms;
 use crate::metrics::DestinationOutcome;
-use crate::otlp::CODEC_OTLP_TRACES_PROTOBUF;
 use crate::throttle::Throttle;
 use client::{Client, Export, Sent};
 use retry::Backoff;
@@ -313,7 +312,7 @@ impl Worker {
     ) {
         let seq = record.seq;
         let key = export_key(&record, &self.instance_id);
-        if record.codec != CODEC_OTLP_TRACES_PROTOBUF {
+        if !crate::payload::known(record.codec) {
             self.dead_letter(
                 &record,
                 &key,
@@ -334,6 +333,7 @@ impl Worker {
             let started = Instant::now();
             let export = Export {
                 payload: record.payload.clone(),
+                codec: record.codec,
                 key: &key,
                 seq,
                 spans: record.span_count,

@@ -132,6 +132,7 @@ impl<H: ExportHandler> tonic::codegen::Service<http::Request<tonic::body::Body>>
         Box::pin(async move {
             let mut grpc = Grpc::new(RawCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(max_decoded);
             Ok(grpc.unary(unary, req).await)
         })

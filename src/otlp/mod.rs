@@ -12,7 +12,7 @@ use prost::Message;
 
 /// The record codec for "OTLP `ExportTraceServiceRequest`, protobuf, uncompressed"
 /// (see `storage/FORMAT.md`).
-pub const CODEC_OTLP_TRACES_PROTOBUF: tracespool_storage::Codec = tracespool_storage::Codec(1);
+pub const CODEC_OTLP_TRACES_PROTOBUF: tracespool_storage::Codec = crate::payload::PROTOBUF;
 
 /// `partial_success.rejected_spans` and its message, from an export response body
 /// (absent or empty body: everything accepted).

@@ -115,9 +115,10 @@ fn read_body(
     {
         None | Some("") | Some("identity") => Compression::None,
         Some("gzip") => Compression::Gzip,
+        Some("zstd") => Compression::Zstd,
         Some(other) => {
             return Err(Rejection::UnsupportedMedia(format!(
-                "unsupported Content-Encoding {other:?}: use gzip or none"
+                "unsupported Content-Encoding {other:?}: use gzip, zstd or none"
             )))
         }
     };

@@ -191,7 +191,10 @@ async fn take(message: async_nats::jetstream::Message, ingest: &Ingest, metrics:
         authorization: None,
         idempotency_key: msg_id.clone().map(Bytes::from),
         tenant: header(HEADER_TENANT),
-        compression: Compression::None,
+        compression: match header("Content-Encoding").as_deref() {
+            Some("zstd") => Compression::Zstd,
+            _ => Compression::None,
+        },
         length: Some(message.payload.len() as u64),
         body: Request::ready(Ok(message.payload.clone())),
     };

@@ -29,7 +29,6 @@ use crate::dedup::{Begin, Dedup};
 use crate::ledger::Removed;
 use crate::otlp::json::json_to_protobuf;
 use crate::otlp::wire::inspect_trace_request;
-use crate::otlp::CODEC_OTLP_TRACES_PROTOBUF;
 use crate::process::Pipeline;
 pub use crate::status::Rejection;
 use crate::throttle::Throttle;
@@ -70,6 +69,7 @@ pub type Body = Pin<Box<dyn Future<Output = Result<Bytes, Rejection>> + Send>>;
 pub enum Compression {
     None,
     Gzip,
+    Zstd,
 }
 
 /// One OTLP export request, translated from its wire format by a receiver.
@@ -124,6 +124,8 @@ pub struct Ingest {
     pipeline: Option<Arc<Pipeline>>,
     retry_after: Duration,
     max_decompressed: usize,
+    /// How records are compressed before they are stored.
+    compression: crate::payload::Compression,
     /// "Spool full" is logged at most once a second.
     full_warning: Throttle,
 }
@@ -183,8 +185,15 @@ impl Ingest {
             pipeline: None,
             retry_after: cfg.retry_after.0,
             max_decompressed: cfg.max_decompressed_bytes.0 as usize,
+            compression: crate::payload::Compression::None,
             full_warning: Throttle::new(Duration::from_secs(1)),
         }
+    }
+
+    /// Compresses records before they are stored (`storage.compression`).
+    pub fn with_compression(mut self, compression: crate::payload::Compression) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// Runs every request through `pipeline` before it is stored.
@@ -232,23 +241,35 @@ impl Ingest {
         seen.key = key.clone();
         let raw = req.body.await?;
         seen.bytes = raw.len() as u64;
-        let body = match req.compression {
-            Compression::None => raw,
-            Compression::Gzip => {
-                let limit = self.max_decompressed;
-                if raw.len() > 256 * 1024 {
-                    tokio::task::spawn_blocking(move || gunzip(&raw, limit))
-                        .await
-                        .map_err(|e| Rejection::Unavailable(e.to_string()))??
-                } else {
-                    gunzip(&raw, limit)?
-                }
+        let limit = self.max_decompressed;
+        let inflate = match req.compression {
+            Compression::None => None,
+            Compression::Gzip => Some(gunzip as fn(&[u8], usize) -> Result<Bytes, Rejection>),
+            Compression::Zstd => Some(unzstd as fn(&[u8], usize) -> Result<Bytes, Rejection>),
+        };
+        // A zstd protobuf body that records its size is stored as it came (when
+        // records are stored as zstd and no processor changes them): one
+        // compression, at the client.
+        let keep_zstd = req.compression == Compression::Zstd
+            && req.source != Source::HttpJson
+            && self.pipeline.is_none()
+            && matches!(self.compression, crate::payload::Compression::Zstd { .. })
+            && zstd::bulk::Decompressor::upper_bound(&raw).is_some_and(|n| n <= limit);
+        let as_received = keep_zstd.then(|| raw.clone());
+        let body = match inflate {
+            None => raw,
+            Some(f) if raw.len() > 256 * 1024 => {
+                tokio::task::spawn_blocking(move || f(&raw, limit))
+                    .await
+                    .map_err(|e| Rejection::Unavailable(e.to_string()))??
             }
+            Some(f) => f(&raw, limit)?,
         };
         let (protobuf, spans) = decode(req.source, body)?;
         seen.spans = spans;
         self.store(Batch {
             protobuf,
+            as_received,
             spans,
             key,
             source: req.source,
@@ -323,18 +344,34 @@ impl Ingest {
             },
         };
         let received_at = SystemTime::now();
-        let (payload, spans, removed) = match &self.pipeline {
-            None => (batch.protobuf, batch.spans, None),
+        let compression = self.compression;
+        let (payload, codec, plain_bytes, spans, removed) = match &self.pipeline {
+            None => {
+                let plain_bytes = batch.protobuf.len() as u64;
+                let (payload, codec) = match batch.as_received {
+                    Some(z) => (z, crate::payload::PROTOBUF_ZSTD),
+                    None => compress(batch.protobuf, compression).await?,
+                };
+                (payload, codec, plain_bytes, batch.spans, None)
+            }
             Some(p) => {
                 let p = p.clone();
                 let body = batch.protobuf;
-                // Decoding and encoding a large request is CPU work: off the
-                // runtime's threads.
-                let out = tokio::task::spawn_blocking(move || p.run(&body))
-                    .await
-                    .map_err(|e| {
-                        Rejection::Unavailable(format!("processing the request failed: {e}"))
-                    })??;
+                // Decoding, encoding and compressing a large request is CPU work:
+                // off the runtime's threads.
+                let out = tokio::task::spawn_blocking(move || {
+                    p.run(&body).map(|out| {
+                        let plain_bytes = out.protobuf.len() as u64;
+                        let (payload, codec) =
+                            crate::payload::store(out.protobuf.clone(), compression);
+                        (out, payload, codec, plain_bytes)
+                    })
+                })
+                .await
+                .map_err(|e| {
+                    Rejection::Unavailable(format!("processing the request failed: {e}"))
+                })??;
+                let (out, payload, codec, plain_bytes) = out;
                 if out.spans == 0 && out.removed.total() > 0 {
                     drop(guard);
                     return Ok(Accepted::Discarded {
@@ -342,26 +379,28 @@ impl Ingest {
                     });
                 }
                 let removed = Some(out.removed).filter(|r| r.total() > 0);
-                (out.protobuf, out.spans, removed)
+                (payload, codec, plain_bytes, out.spans, removed)
             }
         };
         let record = NewRecord {
             payload,
             span_count: spans,
-            codec: CODEC_OTLP_TRACES_PROTOBUF,
+            codec,
             idempotency_key: batch.key.clone().unwrap_or_default(),
             received_at,
         };
         let wal = self.wal.clone();
         let dedup = self.dedup.clone();
         let accounts = self.accounts.clone();
-        let bytes = record.payload.len() as u64;
+        let bytes = plain_bytes;
+        let stored_bytes = record.payload.len() as u64;
         // The append and its bookkeeping run to completion even if the client goes
         // away meanwhile: a stored record always has its ledger entry and its key
         // indexed, before the client hears of it.
         let task = tokio::spawn(async move {
             let result = wal.append(record).await;
             if let Ok(a) = &result {
+                accounts.metrics().record_stored(bytes, stored_bytes);
                 let _ = accounts.stored(Stored {
                     seq: a.seq,
                     received_at,
@@ -415,6 +454,8 @@ struct Batch {
     /// The `ExportTraceServiceRequest` in protobuf, as the client sent it (or as
     /// converted from JSON).
     protobuf: Bytes,
+    /// The same, zstd-compressed as the client sent it, when it can be stored so.
+    as_received: Option<Bytes>,
     spans: u32,
     key: Option<Bytes>,
     source: Source,
@@ -439,17 +480,53 @@ fn decode(source: Source, body: Bytes) -> Result<(Bytes, u32), Rejection> {
     }
 }
 
+/// Compresses a record for storage: small ones here, large ones off the runtime's
+/// threads.
+async fn compress(
+    protobuf: Bytes,
+    compression: crate::payload::Compression,
+) -> Result<(Bytes, tracespool_storage::Codec), Rejection> {
+    match compression {
+        crate::payload::Compression::None => Ok((protobuf, crate::payload::PROTOBUF)),
+        _ if protobuf.len() <= 128 * 1024 => Ok(crate::payload::store(protobuf, compression)),
+        _ => tokio::task::spawn_blocking(move || crate::payload::store(protobuf, compression))
+            .await
+            .map_err(|e| Rejection::Unavailable(format!("compressing the request failed: {e}"))),
+    }
+}
+
+/// Decompresses a zstd body (one or more frames), refusing to produce more than
+/// `limit` bytes; memory is bounded the same way as for gzip.
+pub fn unzstd(raw: &[u8], limit: usize) -> Result<Bytes, Rejection> {
+    let decoder = zstd::stream::read::Decoder::new(raw)
+        .map_err(|e| Rejection::Invalid(format!("invalid zstd body: {e}")))?;
+    inflate_bounded(decoder, raw.len(), limit, "zstd")
+}
+
 /// Inflates a gzip body, refusing to produce more than `limit` bytes. Memory is
 /// bounded by the limit: the output grows in steps, never past `limit`, and a bomb
 /// is refused as soon as it crosses it.
 pub fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, Rejection> {
-    let mut out: Vec<u8> = Vec::with_capacity((raw.len() * 4).min(limit));
-    let mut decoder = flate2::read::MultiGzDecoder::new(raw);
+    inflate_bounded(
+        flate2::read::MultiGzDecoder::new(raw),
+        raw.len(),
+        limit,
+        "gzip",
+    )
+}
+
+fn inflate_bounded(
+    mut decoder: impl Read,
+    raw_len: usize,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, Rejection> {
+    let mut out: Vec<u8> = Vec::with_capacity((raw_len * 4).min(limit));
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let n = decoder
             .read(&mut chunk)
-            .map_err(|e| Rejection::Invalid(format!("invalid gzip body: {e}")))?;
+            .map_err(|e| Rejection::Invalid(format!("invalid {what} body: {e}")))?;
         if n == 0 {
             break;
         }

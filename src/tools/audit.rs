@@ -226,7 +226,7 @@ pub fn show(
     let entries = read_ledger(ctx)?;
     let instance = crate::instance::read(&ctx.data)
         .map_err(|e| ToolError::io("reading the instance id in", &ctx.data, e))?;
-    let letters = DeadLetters::new(&ctx.data);
+    let letters = DeadLetters::new(&ctx.data).with_keys(ctx.keys().clone());
     let all_letters = letters
         .list(None)
         .map_err(|e| ToolError::io("listing dead letters in", &ctx.data, e))?;
@@ -242,7 +242,7 @@ pub fn show(
     };
     let mut batches = Vec::new();
     for &seq in &seqs {
-        let record = tracespool_storage::offline::read_record(&ctx.data, seq)
+        let record = tracespool_storage::offline::read_record(&ctx.data, seq, ctx.keys())
             .map_err(|e| ToolError::io("reading the log in", &ctx.data, e))?
             .map(|r| RecordInfo {
                 received: fmt_time(ms(r.received_at)),
@@ -349,8 +349,11 @@ fn seqs_of_trace(
     needle.extend_from_slice(&trace);
     let finder = memmem::Finder::new(&needle);
     let mut out = BTreeSet::new();
-    let damage = for_each_record(&ctx.data, 0, u64::MAX, true, |r| {
-        if holds_trace(&r.payload, &finder, &trace) {
+    let damage = for_each_record(&ctx.data, 0, u64::MAX, true, ctx.keys(), |r| {
+        let Ok(payload) = crate::payload::protobuf(r.codec, &r.payload) else {
+            return Ok(());
+        };
+        if holds_trace(&payload, &finder, &trace) {
             out.insert(r.seq);
         }
         Ok(())

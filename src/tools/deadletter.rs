@@ -21,7 +21,7 @@ fn letters(
     destination: Option<&str>,
     seq: Option<u64>,
 ) -> Result<(DeadLetters, Vec<DeadLetter>), ToolError> {
-    let dl = DeadLetters::new(&ctx.data);
+    let dl = DeadLetters::new(&ctx.data).with_keys(ctx.keys().clone());
     let mut all = dl
         .list(destination)
         .map_err(|e| ToolError::io("listing dead letters in", &ctx.data, e))?;
@@ -167,6 +167,7 @@ pub fn retry(
             };
             let export = Export {
                 payload: payload.into(),
+                codec: crate::payload::PROTOBUF,
                 key: &l.export_key,
                 seq: l.seq,
                 spans: l.spans,

@@ -96,6 +96,11 @@ pub fn main(cmd: Command, cfg: Config, json: bool) -> ExitCode {
 }
 
 impl Ctx {
+    /// The keys the configuration gives for an encrypted spool.
+    pub fn keys(&self) -> &tracespool_storage::KeyRing {
+        &self.cfg.storage.encryption.ring
+    }
+
     /// What the forwarder last published, if it ever ran here.
     pub fn state(&self) -> Result<Option<State>, ToolError> {
         crate::state::read(&self.data)

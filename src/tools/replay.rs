@@ -127,6 +127,7 @@ struct Item {
     /// Its idempotency key, as the forwarder exports it.
     key: String,
     payload: Bytes,
+    codec: tracespool_storage::Codec,
 }
 
 /// The progress line: redrawn in place on a terminal, a line every few seconds
@@ -227,10 +228,11 @@ pub fn run(ctx: &Ctx, args: ReplayArgs) -> Result<Verdict, ToolError> {
     // The reader: the log, then dead letters whose record the log no longer has.
     let (tx, mut rx) = mpsc::channel::<Item>(IN_FLIGHT * 2);
     let data = ctx.data.clone();
+    let keys = ctx.keys().clone();
     let reader_instance = instance.clone();
     let reader = std::thread::spawn(move || -> Result<usize, String> {
         let mut seen = BTreeSet::new();
-        let damage = for_each_record(&data, lo, hi, true, |r| {
+        let damage = for_each_record(&data, lo, hi, true, &keys, |r| {
             if in_time(ms(r.received_at)) {
                 seen.insert(r.seq);
                 let item = Item {
@@ -238,6 +240,7 @@ pub fn run(ctx: &Ctx, args: ReplayArgs) -> Result<Verdict, ToolError> {
                     spans: r.span_count as u64,
                     key: crate::export::export_key(&r, &reader_instance),
                     payload: r.payload,
+                    codec: r.codec,
                 };
                 if tx.blocking_send(item).is_err() {
                     return Err(std::io::Error::other("replay stopped"));
@@ -250,7 +253,7 @@ pub fn run(ctx: &Ctx, args: ReplayArgs) -> Result<Verdict, ToolError> {
             Err(e) if e.to_string() == "replay stopped" => return Ok(0),
             Err(e) => return Err(format!("reading the log in {}: {e}", data.display())),
         };
-        let letters = DeadLetters::new(&data);
+        let letters = DeadLetters::new(&data).with_keys(keys.clone());
         for l in letters.list(None).map_err(|e| e.to_string())? {
             if (lo..=hi).contains(&l.seq) && in_time(l.received_at_unix_ms) && seen.insert(l.seq) {
                 let payload = letters.payload(&l).map_err(|e| e.to_string())?;
@@ -259,6 +262,7 @@ pub fn run(ctx: &Ctx, args: ReplayArgs) -> Result<Verdict, ToolError> {
                     spans: l.spans as u64,
                     key: l.export_key.clone(),
                     payload: payload.into(),
+                    codec: crate::payload::PROTOBUF,
                 };
                 if tx.blocking_send(item).is_err() {
                     break;
@@ -321,6 +325,7 @@ pub fn run(ctx: &Ctx, args: ReplayArgs) -> Result<Verdict, ToolError> {
                         let len = item.payload.len() as u64;
                         let export = Export {
                             payload: item.payload,
+                            codec: item.codec,
                             key: &key,
                             seq: item.seq,
                             spans: item.spans as u32,

@@ -63,6 +63,7 @@ pub fn run(ctx: &Ctx) -> Result<Verdict, ToolError> {
     let running = ctx.running()?;
     let now = now_ms();
     let letters = DeadLetters::new(&ctx.data)
+        .with_keys(ctx.keys().clone())
         .list(None)
         .map_err(|e| ToolError::io("listing dead letters in", &ctx.data, e))?;
     let mut dead_letters: BTreeMap<String, usize> = BTreeMap::new();

@@ -10,7 +10,7 @@ use tracespool_storage::offline::{list_segments, read_record, read_segment, Segm
 
 use super::{fmt_bytes, fmt_time, table, Ctx, ToolError, Verdict};
 use crate::ledger::{self, ms, Entry};
-use crate::otlp::CODEC_OTLP_TRACES_PROTOBUF;
+use tracespool_storage::SealError;
 
 fn segments(ctx: &Ctx) -> Result<Vec<SegmentFile>, ToolError> {
     list_segments(&ctx.data).map_err(|e| ToolError::io("listing segments in", &ctx.data, e))
@@ -36,6 +36,8 @@ struct SegmentReport {
     newest_received: Option<String>,
     damaged_ranges: usize,
     header_error: Option<String>,
+    /// The key its records are encrypted with (0: not encrypted).
+    key_id: u32,
     active: bool,
     delivered_to: Vec<String>,
     pending_for: Vec<String>,
@@ -51,7 +53,7 @@ pub fn inspect(ctx: &Ctx) -> Result<Verdict, ToolError> {
     let mut reports = Vec::new();
     for (i, seg) in segs.iter().enumerate() {
         let next = segs.get(i + 1).map(|s| s.first_seq);
-        let contents = match read_segment(seg, next, false) {
+        let contents = match read_segment(seg, next, false, ctx.keys()) {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted meanwhile
             Err(e) => return Err(ToolError::io("reading", &seg.path, e)),
@@ -73,8 +75,18 @@ pub fn inspect(ctx: &Ctx) -> Result<Verdict, ToolError> {
             file: file_name(seg),
             first_seq: seg.first_seq,
             last_seq,
-            records: contents.records.len() as u64,
-            spans: contents.records.iter().map(|r| r.span_count as u64).sum(),
+            records: (contents.records.len() + contents.unopened.len()) as u64,
+            spans: contents
+                .records
+                .iter()
+                .map(|r| r.span_count as u64)
+                .sum::<u64>()
+                + contents
+                    .unopened
+                    .iter()
+                    .map(|u| u.spans as u64)
+                    .sum::<u64>(),
+            key_id: seg.key_id,
             bytes: seg.len,
             oldest_received: contents
                 .records
@@ -177,7 +189,19 @@ struct VerifyReport {
     /// progress, or (stopped) a torn write that the next start cuts off. Never an
     /// acknowledged record.
     incomplete_tail: Option<(u64, u64)>,
+    /// Intact records encrypted with a key the configuration does not give (or a
+    /// different key under that id): kept on disk, unreadable until it is added.
+    undecryptable: Vec<Undecryptable>,
     ok: bool,
+}
+
+#[derive(Serialize)]
+struct Undecryptable {
+    seq: u64,
+    segment: String,
+    spans: u32,
+    key_id: Option<u32>,
+    reason: String,
 }
 
 pub fn verify(ctx: &Ctx) -> Result<Verdict, ToolError> {
@@ -201,6 +225,7 @@ pub fn verify(ctx: &Ctx) -> Result<Verdict, ToolError> {
         bytes: 0,
         damage: Vec::new(),
         incomplete_tail: None,
+        undecryptable: Vec::new(),
         ok: true,
     };
     for (i, seg) in segs.iter().enumerate() {
@@ -218,12 +243,27 @@ pub fn verify(ctx: &Ctx) -> Result<Verdict, ToolError> {
                 in_ledger: false,
             });
         } else {
-            let contents = match read_segment(seg, next, false) {
+            let contents = match read_segment(seg, next, false, ctx.keys()) {
                 Ok(c) => c,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(ToolError::io("reading", &seg.path, e)),
             };
-            records = contents.records.len() as u64;
+            records = (contents.records.len() + contents.unopened.len()) as u64;
+            for u in contents.unopened {
+                let key_id = match &u.error {
+                    SealError::MissingKey { key_id } | SealError::Unauthentic { key_id } => {
+                        Some(*key_id)
+                    }
+                    SealError::Malformed(_) => None,
+                };
+                report.undecryptable.push(Undecryptable {
+                    seq: u.seq,
+                    segment: file_name(seg),
+                    spans: u.spans,
+                    key_id,
+                    reason: u.error.to_string(),
+                });
+            }
             for d in contents.damage {
                 found.push(Damage {
                     first_seq: d.first_seq,
@@ -257,7 +297,7 @@ pub fn verify(ctx: &Ctx) -> Result<Verdict, ToolError> {
         report.bytes += seg.len;
         report.damage.extend(found);
     }
-    report.ok = report.damage.is_empty();
+    report.ok = report.damage.is_empty() && report.undecryptable.is_empty();
     let verdict = if report.ok {
         Verdict::Fine
     } else {
@@ -272,13 +312,45 @@ pub fn verify(ctx: &Ctx) -> Result<Verdict, ToolError> {
         report.segments,
         report.records,
         fmt_bytes(report.bytes),
-        if report.ok {
+        if report.damage.is_empty() {
             "every CRC matches".to_string()
         } else {
             format!("{} DAMAGED RANGES", report.damage.len())
         }
     );
-    if !report.ok {
+    if !report.undecryptable.is_empty() {
+        let mut by_key: std::collections::BTreeMap<Option<u32>, (u64, u64, usize)> =
+            Default::default();
+        for u in &report.undecryptable {
+            let e = by_key.entry(u.key_id).or_insert((u.seq, u.seq, 0));
+            e.0 = e.0.min(u.seq);
+            e.1 = e.1.max(u.seq);
+            e.2 += 1;
+        }
+        for (key, (lo, hi, n)) in by_key {
+            let key = key
+                .map(|k| format!("key id {k}"))
+                .unwrap_or("no key id".into());
+            println!(
+                "{n} RECORDS CANNOT BE DECRYPTED ({key}), seqs {lo}..{hi}: add the key to storage.encryption.keys"
+            );
+        }
+        let rows: Vec<Vec<String>> = report
+            .undecryptable
+            .iter()
+            .map(|u| {
+                vec![
+                    u.seq.to_string(),
+                    u.segment.clone(),
+                    u.spans.to_string(),
+                    u.reason.clone(),
+                ]
+            })
+            .collect();
+        println!();
+        print!("{}", table(&["SEQ", "SEGMENT", "SPANS", "REASON"], &rows));
+    }
+    if !report.damage.is_empty() {
         let rows: Vec<Vec<String>> = report
             .damage
             .iter()
@@ -318,7 +390,7 @@ pub fn verify(ctx: &Ctx) -> Result<Verdict, ToolError> {
 }
 
 pub fn dump(ctx: &Ctx, seq: u64) -> Result<Verdict, ToolError> {
-    let record = read_record(&ctx.data, seq)
+    let record = read_record(&ctx.data, seq, ctx.keys())
         .map_err(|e| ToolError::io("reading the log in", &ctx.data, e))?;
     let Some(record) = record else {
         let segs = segments(ctx)?;
@@ -331,19 +403,15 @@ pub fn dump(ctx: &Ctx, seq: u64) -> Result<Verdict, ToolError> {
                 .unwrap_or_default()
         )));
     };
-    if record.codec != CODEC_OTLP_TRACES_PROTOBUF {
-        return Err(ToolError(format!(
-            "record {seq} has codec {}, which this version cannot decode",
-            record.codec.0
-        )));
-    }
-    let request = ExportTraceServiceRequest::decode(&record.payload[..])
+    let protobuf = crate::payload::protobuf(record.codec, &record.payload)
+        .map_err(|e| ToolError(format!("record {seq}: {e}")))?;
+    let request = ExportTraceServiceRequest::decode(&protobuf[..])
         .map_err(|e| ToolError(format!("record {seq} is not a valid OTLP request: {e}")))?;
     eprintln!(
         "# seq {seq}: received {}, {} spans, {} bytes, client idempotency key {:?}",
         fmt_time(ms(record.received_at)),
         record.span_count,
-        record.payload.len(),
+        protobuf.len(),
         String::from_utf8_lossy(&record.idempotency_key)
     );
     // The request itself, as OTLP/JSON: `curl -d @- .../v1/traces` takes it back.

@@ -53,6 +53,9 @@ pub struct WalConfig {
     /// Bytes of appends that may wait in memory for the writer before `append`
     /// callers wait for room. Bounds memory, not disk.
     pub write_queue_bytes: u64,
+    /// Keys for encryption at rest: new records are sealed with the active key (if
+    /// any); every key a segment on disk names must be here to read it.
+    pub keys: crate::crypto::KeyRing,
     /// Fault injection, for tests only.
     #[cfg(feature = "failpoints")]
     pub failpoints: std::sync::Arc<crate::failpoints::Failpoints>,
@@ -75,6 +78,7 @@ impl WalConfig {
             retain_delivered: Duration::ZERO,
             max_record_bytes: 64 * MIB,
             write_queue_bytes: 64 * MIB,
+            keys: Default::default(),
             #[cfg(feature = "failpoints")]
             failpoints: Default::default(),
         }

@@ -33,6 +33,16 @@ pub enum OpenError {
         found: u32,
         supported: u32,
     },
+    /// Segments are sealed with a key that is not configured.
+    #[error("{segments} segment(s), the oldest {first_segment}, are encrypted with key id {key_id}, which is not configured: add that key (old keys stay configured until the segments they sealed are gone); nothing was changed on disk")]
+    MissingKey {
+        key_id: u32,
+        first_segment: PathBuf,
+        segments: usize,
+    },
+    /// The key configured under an id does not open the records sealed under it.
+    #[error("key id {key_id} does not open the records of {path}: the key under that id is not the one that encrypted them; nothing was changed on disk")]
+    WrongKey { key_id: u32, path: PathBuf },
     /// The sled metadata store could not be opened or read.
     #[error("metadata store {path}: {source}")]
     Meta {
@@ -49,7 +59,11 @@ impl OpenError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::Locked { .. } | Self::UnsupportedVersion { .. }
+            Self::Config(_)
+                | Self::Locked { .. }
+                | Self::UnsupportedVersion { .. }
+                | Self::MissingKey { .. }
+                | Self::WrongKey { .. }
         )
     }
 }

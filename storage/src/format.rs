@@ -11,9 +11,12 @@
 /// First eight bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TSPOOLWL";
 /// The segment format version this build writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Segment format versions this build reads.
-pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
+pub const READABLE_VERSIONS: [u32; 3] = [1, 2, 3];
+/// Frame flag: the payload is sealed (AES-256-GCM, `crypto.rs`). Only version-3
+/// segments hold such frames; every other flag bit is reserved and zero.
+pub const FLAG_SEALED: u8 = 1;
 /// Size of the segment header; the first record frame starts at this offset.
 pub const SEGMENT_HEADER_LEN: usize = 64;
 /// First four bytes of every record frame this build writes (`"TSR2"` as ASCII).
@@ -52,6 +55,9 @@ pub struct SegmentHeader {
     /// given to a record that survived — skipped when the log reopened after an
     /// unclean stop, so that no seq a reader may have seen is ever assigned again.
     pub skipped_from: u64,
+    /// Version 3: the id of the key every record of this segment is sealed with;
+    /// 0 for a segment of plaintext records (and for versions 1 and 2).
+    pub key_id: u32,
 }
 
 /// Why a segment header was not accepted.
@@ -91,7 +97,7 @@ impl std::fmt::Display for SegmentHeaderError {
 }
 
 impl SegmentHeader {
-    /// Encodes a version-2 header.
+    /// Encodes a version-3 header.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut b = [0u8; SEGMENT_HEADER_LEN];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -101,7 +107,7 @@ impl SegmentHeader {
         b[24..32].copy_from_slice(&self.created_at_nanos.to_le_bytes());
         b[32..48].copy_from_slice(&self.wal_id);
         b[48..56].copy_from_slice(&self.skipped_from.to_le_bytes());
-        // 56..60 reserved, zero.
+        b[56..60].copy_from_slice(&self.key_id.to_le_bytes());
         let crc = crc32fast::hash(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -112,7 +118,18 @@ impl SegmentHeader {
     pub fn encode_v1(&self) -> [u8; SEGMENT_HEADER_LEN] {
         let mut b = self.encode();
         b[8..12].copy_from_slice(&1u32.to_le_bytes());
-        b[48..56].fill(0);
+        b[48..60].fill(0);
+        let crc = crc32fast::hash(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Encodes a version-2 header (what the previous build wrote), for tests.
+    #[doc(hidden)]
+    pub fn encode_v2(&self) -> [u8; SEGMENT_HEADER_LEN] {
+        let mut b = self.encode();
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b[56..60].fill(0);
         let crc = crc32fast::hash(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -147,6 +164,7 @@ impl SegmentHeader {
                 created_at_nanos: le_u64(&b[24..32]),
                 wal_id,
                 skipped_from: if version >= 2 { le_u64(&b[48..56]) } else { 0 },
+                key_id: if version >= 3 { le_u32(&b[56..60]) } else { 0 },
             },
             version,
         ))
@@ -164,6 +182,8 @@ pub struct RecordHeader {
     pub span_count: u32,
     pub key_len: u16,
     pub codec: Codec,
+    /// [`FLAG_SEALED`] or 0.
+    pub flags: u8,
     /// Version 2: every seq up to this one was durable (covered by a completed
     /// `fdatasync`) before this frame was written. 0 for version 1 (unknown).
     pub durable_through: u64,
@@ -212,6 +232,7 @@ pub fn encode_record(
         received_at_nanos,
         span_count,
         codec,
+        0,
         durable_through,
         key,
         payload,
@@ -229,6 +250,7 @@ pub fn encode_head(
     received_at_nanos: u64,
     span_count: u32,
     codec: Codec,
+    flags: u8,
     durable_through: u64,
     key: &[u8],
     payload: &[u8],
@@ -243,7 +265,8 @@ pub fn encode_head(
     h[24..28].copy_from_slice(&span_count.to_le_bytes());
     h[28..30].copy_from_slice(&(key.len() as u16).to_le_bytes());
     h[30] = codec.0;
-    h[31] = 0; // flags, reserved
+    debug_assert_eq!(flags & !FLAG_SEALED, 0);
+    h[31] = flags;
     h[32..40].copy_from_slice(&durable_through.to_le_bytes());
     let header_crc = crc32fast::hash(&h[0..40]);
     h[40..44].copy_from_slice(&header_crc.to_le_bytes());
@@ -401,10 +424,12 @@ pub fn decode_header(b: &[u8]) -> Result<RecordHeader, FrameError> {
         span_count: le_u32(&b[24..28]),
         key_len: u16::from_le_bytes([b[28], b[29]]),
         codec: Codec(b[30]),
+        flags: b[31],
         durable_through: if version == 2 { le_u64(&b[32..40]) } else { 0 },
         record_crc: le_u32(&b[crc_at + 4..crc_at + 8]),
     };
-    if b[31] != 0
+    if b[31] & !FLAG_SEALED != 0
+        || (version == 1 && b[31] != 0)
         || header.key_len as usize > MAX_KEY_LEN
         || header.payload_len as u64 > MAX_PAYLOAD_LEN
         || (version == 2 && header.durable_through >= header.seq)
@@ -524,17 +549,23 @@ mod tests {
             created_at_nanos: 0,
             wal_id: [0xAB; 16],
             skipped_from: 0x0102,
+            key_id: 0x0A0B,
         };
         let b = h.encode();
         assert_eq!(&b[0..8], b"TSPOOLWL");
-        assert_eq!(&b[8..12], &[2, 0, 0, 0]);
+        assert_eq!(&b[8..12], &[3, 0, 0, 0]);
         assert_eq!(&b[12..16], &[64, 0, 0, 0]);
         assert_eq!(&b[16..24], &[1, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&b[32..48], &[0xAB; 16]);
         assert_eq!(&b[48..56], &[2, 1, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(&b[56..60], &[0; 4]);
+        assert_eq!(&b[56..60], &[0x0B, 0x0A, 0, 0]);
         assert_eq!(&b[60..64], &crc32fast::hash(&b[0..60]).to_le_bytes());
-        assert_eq!(SegmentHeader::decode_versioned(&b), Ok((h, 2)));
+        assert_eq!(SegmentHeader::decode_versioned(&b), Ok((h.clone(), 3)));
+        // Version 2 (the previous build): no key id, skipped_from kept.
+        let b = h.encode_v2();
+        assert_eq!(&b[8..12], &[2, 0, 0, 0]);
+        let want = SegmentHeader { key_id: 0, ..h };
+        assert_eq!(SegmentHeader::decode_versioned(&b), Ok((want, 2)));
     }
 
     #[test]
@@ -544,6 +575,7 @@ mod tests {
             created_at_nanos: 3,
             wal_id: [7; 16],
             skipped_from: 0,
+            key_id: 0,
         };
         let b = h.encode_v1();
         assert_eq!(&b[8..12], &[1, 0, 0, 0]);
@@ -557,14 +589,15 @@ mod tests {
             created_at_nanos: 9,
             wal_id: [1; 16],
             skipped_from: 0,
+            key_id: 0,
         };
         let mut b = h.encode();
-        b[8] = 3;
+        b[8] = 4;
         let crc = crc32fast::hash(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             SegmentHeader::decode(&b),
-            Err(SegmentHeaderError::UnsupportedVersion { found: 3 })
+            Err(SegmentHeaderError::UnsupportedVersion { found: 4 })
         );
         let mut b = h.encode();
         b[20] ^= 1;
@@ -617,6 +650,27 @@ mod tests {
         assert_eq!(f.header.version, 1);
         assert_eq!(f.header.durable_through, 0);
         assert_eq!((f.key, f.payload), (&b"k"[..], &b"payload"[..]));
+    }
+
+    #[test]
+    fn the_sealed_flag_is_the_only_flag_and_only_in_version_2_frames() {
+        let mut out = Vec::new();
+        encode_head(&mut out, 5, 0, 1, Codec(1), FLAG_SEALED, 4, b"", b"x");
+        out.push(b'x');
+        assert_eq!(decode_frame(&out).unwrap().header.flags, FLAG_SEALED);
+        for flags in [2u8, 0x80, 3] {
+            let mut b = out.clone();
+            b[31] = flags;
+            let crc = crc32fast::hash(&b[0..40]);
+            b[40..44].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(decode_header(&b).unwrap_err(), FrameError::InvalidHeader);
+        }
+        let mut v1 = Vec::new();
+        encode_record_v1(&mut v1, 5, 0, 1, Codec(1), b"", b"x");
+        v1[31] = FLAG_SEALED;
+        let crc = crc32fast::hash(&v1[0..32]);
+        v1[32..36].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_header(&v1).unwrap_err(), FrameError::InvalidHeader);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | `writer`     | the writer thread, by step: `commit` (W1–W3), `segments` (S1, C1–C5), `budget` (room, eviction) |
 //! | `recovery`   | opening: header checks, tail scan, torn-tail cut, the next seq     |
 //! | `reader`     | in-order reads with `pread`, gaps for damage, evictions, skips     |
+//! | [`crypto`]   | encryption at rest: AES-256-GCM per record under a key per segment |
 //! | `cursor`     | named durable positions with out-of-order acks, in their own files |
 //! | `state`      | `wal.state`: the log's identity and the bound on assigned seqs     |
 //! | `slots`      | small records in two alternating slots, preallocated               |
@@ -24,6 +25,7 @@
 
 mod backlog;
 mod config;
+pub mod crypto;
 mod cursor;
 mod deleter;
 mod error;
@@ -45,6 +47,7 @@ mod writer;
 
 pub use backlog::Backlog;
 pub use config::{FsyncPolicy, WalConfig, WhenFull, GIB, MIB};
+pub use crypto::{KeyRing, SealError};
 pub use cursor::{Ack, Cursor, MAX_PERSISTED_RANGES};
 pub use error::{AppendError, CursorError, FullReason, OpenError, ReadError};
 pub use format::{Codec, MAX_KEY_LEN};

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::format::{SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::crypto::{FrameAad, KeyRing, SealError, SegmentKey};
+use crate::format::{Frame, SegmentHeader, FLAG_SEALED, SEGMENT_HEADER_LEN};
 use crate::fsutil::parse_segment_file_name;
 use crate::segment::{read_region, Lost, SegmentScan, Step};
 use crate::types::{time_from_nanos, LostRange, Record};
@@ -27,6 +28,10 @@ pub struct SegmentFile {
     pub len: u64,
     /// Why the header is not valid, if it is not.
     pub header_error: Option<String>,
+    /// The log's identity, from this header or (when it is damaged) another's.
+    pub wal_id: Option<[u8; 16]>,
+    /// The key its records are sealed with (0: plaintext, or header unreadable).
+    pub key_id: u32,
 }
 
 /// The segments of the log in `data_dir`, oldest first.
@@ -48,7 +53,8 @@ pub fn list_segments(data_dir: &Path) -> io::Result<Vec<SegmentFile>> {
             continue; // deleted meanwhile
         };
         let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let header_error = match SegmentHeader::decode(&bytes) {
+        let header = SegmentHeader::decode(&bytes);
+        let header_error = match &header {
             _ if bytes.len() < SEGMENT_HEADER_LEN => Some("header unreadable or short".into()),
             Ok(h) if h.first_seq != first_seq => {
                 Some(format!("header says first seq {}", h.first_seq))
@@ -56,14 +62,22 @@ pub fn list_segments(data_dir: &Path) -> io::Result<Vec<SegmentFile>> {
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         };
+        let header = header.ok();
         out.push(SegmentFile {
             first_seq,
             path,
             len,
             header_error,
+            wal_id: header.as_ref().map(|h| h.wal_id),
+            key_id: header.map(|h| h.key_id).unwrap_or(0),
         });
     }
     out.sort_by_key(|s| s.first_seq);
+    // A damaged header's segment belongs to the log the others name.
+    let known = out.iter().rev().find_map(|s| s.wal_id);
+    for s in &mut out {
+        s.wal_id = s.wal_id.or(known);
+    }
     Ok(out)
 }
 
@@ -102,6 +116,26 @@ pub struct SegmentContents {
     /// Bytes after the last valid record that hold no complete record: an append in
     /// progress (the active segment of a running forwarder) or torn by a crash.
     pub incomplete_tail: Option<(u64, u64)>,
+    /// Intact records that are sealed and could not be opened with the keys given
+    /// (not in `records`): a key missing, or not the one that sealed them.
+    pub unopened: Vec<Unopened>,
+}
+
+/// A sealed record the keys given could not open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unopened {
+    pub seq: u64,
+    pub segment: u64,
+    pub spans: u32,
+    pub error: SealError,
+}
+
+/// How the offline readers open sealed records: the keys, and the log's identity
+/// (the segment keys are derived from it).
+#[derive(Clone, Copy, Debug)]
+pub struct Keys<'a> {
+    pub ring: &'a KeyRing,
+    pub wal_id: [u8; 16],
 }
 
 /// Reads and checks every record of `segment`. `next_first_seq` is the first seq of
@@ -111,28 +145,35 @@ pub fn read_segment(
     segment: &SegmentFile,
     next_first_seq: Option<u64>,
     with_payloads: bool,
+    ring: &KeyRing,
 ) -> io::Result<SegmentContents> {
     let f = fs::File::open(&segment.path)?;
     let len = f.metadata()?.len() as usize;
     let bytes = read_region(&f, 0, len)?.bytes;
+    let keys = segment.wal_id.map(|wal_id| Keys { ring, wal_id });
     Ok(scan_segment(
         &bytes,
         segment.first_seq,
         next_first_seq,
         with_payloads,
+        keys,
     ))
 }
 
 /// Checks every record of a segment's bytes (header included), as
 /// [`read_segment`] does for a file, with the same rules as recovery. Total: any
 /// byte pattern gives an answer, never a panic (the `wal_segment` fuzz target holds
-/// it to that). `first_seq` is the seq the file name gives (1..=`MAX_SEQ`).
+/// it to that). `first_seq` is the seq the file name gives (1..=`MAX_SEQ`). Sealed
+/// records are opened with `keys` (each is checked even without payloads); without
+/// keys they are all [`Unopened`].
 pub fn scan_segment(
     bytes: &[u8],
     first_seq: u64,
     next_first_seq: Option<u64>,
     with_payloads: bool,
+    keys: Option<Keys<'_>>,
 ) -> SegmentContents {
+    let mut key_cache: Option<SegmentKey> = None;
     let mut out = SegmentContents::default();
     let first = first_seq;
     let limit = bytes.len();
@@ -171,17 +212,29 @@ pub fn scan_segment(
                 }
                 let key_start = at + frame.header.header_len();
                 let key_end = key_start + frame.key.len();
+                let payload = if frame.header.flags & FLAG_SEALED != 0 {
+                    match open_offline(keys, &mut key_cache, first, &frame) {
+                        Ok(plain) => plain,
+                        Err(error) => {
+                            out.unopened.push(Unopened {
+                                seq: frame.header.seq,
+                                segment: first,
+                                spans: frame.header.span_count,
+                                error,
+                            });
+                            continue;
+                        }
+                    }
+                } else {
+                    Bytes::copy_from_slice(frame.payload)
+                };
                 out.records.push(Record {
                     seq: frame.header.seq,
                     received_at: time_from_nanos(frame.header.received_at_nanos),
                     span_count: frame.header.span_count,
                     codec: frame.header.codec,
                     idempotency_key: Bytes::copy_from_slice(&bytes[key_start..key_end]),
-                    payload: if with_payloads {
-                        Bytes::copy_from_slice(frame.payload)
-                    } else {
-                        Bytes::new()
-                    },
+                    payload: if with_payloads { payload } else { Bytes::new() },
                 });
             }
             Step::Stale { .. } => {}
@@ -215,14 +268,56 @@ pub fn scan_segment(
     out
 }
 
-/// The record `seq`, with its payload, if it is on disk and intact.
-pub fn read_record(data_dir: &Path, seq: u64) -> io::Result<Option<Record>> {
+fn open_offline(
+    keys: Option<Keys<'_>>,
+    cache: &mut Option<SegmentKey>,
+    segment: u64,
+    frame: &Frame<'_>,
+) -> Result<Bytes, SealError> {
+    let key_id = crate::crypto::sealed_key_id(frame.payload)?;
+    let Some(keys) = keys else {
+        return Err(SealError::MissingKey { key_id });
+    };
+    if cache
+        .as_ref()
+        .is_none_or(|k| k.segment() != segment || k.id() != key_id)
+    {
+        *cache = Some(keys.ring.segment_key(key_id, &keys.wal_id, segment)?);
+    }
+    let key = cache.as_ref().expect("derived above");
+    let aad = FrameAad::new(
+        frame.header.seq,
+        frame.header.received_at_nanos,
+        frame.header.span_count,
+        frame.header.codec.0,
+        frame.key,
+    );
+    let mut buf = frame.payload.to_vec();
+    let range = key.open(&aad, &mut buf)?;
+    buf.truncate(range.end);
+    Ok(Bytes::from(buf).slice(range.start..))
+}
+
+/// The record `seq`, with its payload, if it is on disk and intact (sealed records
+/// opened with `ring`; one it cannot open is an error naming its key).
+pub fn read_record(data_dir: &Path, seq: u64, ring: &KeyRing) -> io::Result<Option<Record>> {
     let segments = list_segments(data_dir)?;
     let Some(i) = segments.iter().rposition(|s| s.first_seq <= seq) else {
         return Ok(None);
     };
     let next = segments.get(i + 1).map(|s| s.first_seq);
-    match read_segment(&segments[i], next, true) {
+    match read_segment(&segments[i], next, true, ring) {
+        Ok(c) if c.unopened.iter().any(|u| u.seq == seq) => {
+            let u = c
+                .unopened
+                .into_iter()
+                .find(|u| u.seq == seq)
+                .expect("found");
+            Err(io::Error::other(format!(
+                "record seq {seq} (segment {:020}.seg) cannot be decrypted: {}",
+                u.segment, u.error
+            )))
+        }
         Ok(c) => Ok(c.records.into_iter().find(|r| r.seq == seq)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -230,12 +325,14 @@ pub fn read_record(data_dir: &Path, seq: u64) -> io::Result<Option<Record>> {
 }
 
 /// Visits every intact record with seq in `from..=to`, oldest first, segment by
-/// segment (one segment in memory at a time). Returns the damaged ranges met.
+/// segment (one segment in memory at a time). Returns the damaged ranges met; a
+/// sealed record `ring` cannot open is an error naming it and its key.
 pub fn for_each_record(
     data_dir: &Path,
     from: u64,
     to: u64,
     with_payloads: bool,
+    ring: &KeyRing,
     mut visit: impl FnMut(Record) -> io::Result<()>,
 ) -> io::Result<Vec<LostRange>> {
     let segments = list_segments(data_dir)?;
@@ -245,11 +342,21 @@ pub fn for_each_record(
         if next.is_some_and(|n| n <= from) || seg.first_seq > to {
             continue;
         }
-        let contents = match read_segment(seg, next, with_payloads) {
+        let contents = match read_segment(seg, next, with_payloads, ring) {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
+        if let Some(u) = contents
+            .unopened
+            .iter()
+            .find(|u| (from..=to).contains(&u.seq))
+        {
+            return Err(io::Error::other(format!(
+                "record seq {} (segment {:020}.seg) cannot be decrypted: {}",
+                u.seq, u.segment, u.error
+            )));
+        }
         damage.extend(contents.damage);
         for r in contents.records {
             if (from..=to).contains(&r.seq) {

@@ -39,11 +39,14 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use crate::config::{FsyncPolicy, WalConfig};
+use crate::crypto::{FrameAad, KeyRing, SealError};
 use crate::error::OpenError;
 use crate::format::{
-    decode_frame, resync, SegmentHeader, SegmentHeaderError, MIN_FRAME_LEN, READABLE_VERSIONS,
-    SEGMENT_HEADER_LEN,
+    decode_frame, decode_header, resync, SegmentHeader, SegmentHeaderError, FLAG_SEALED,
+    FORMAT_VERSION, MIN_FRAME_LEN, READABLE_VERSIONS, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::fsutil::{
     create_new_owner_only, ensure_dir, is_out_of_space, parse_segment_file_name, sync_dir,
@@ -203,6 +206,11 @@ pub(crate) fn recover(
         .unwrap_or_else(random_id);
     let reserved = state.as_ref().map(|s| s.reserved);
 
+    // Before anything moves: every key a segment names is configured and is the
+    // key that sealed it (a wrong or missing key stops the open; nothing is cut,
+    // quarantined or deleted because of it).
+    check_keys(&cfg.keys, wal_dir, &candidates, &wal_id)?;
+
     // 2. Check headers.
     let mut kept: Vec<Candidate> = Vec::new();
     let mut active_lost: Option<u64> = None;
@@ -326,11 +334,14 @@ pub(crate) fn recover(
             // Appends go to a segment of the current version with an intact header;
             // after a cut, to a new one (readers then see where the old one ends).
             let cut = torn.is_some();
+            // A segment's records share one key: another key (or none) now means a
+            // new segment.
+            let key_changed = active.key_id != cfg.keys.active().unwrap_or(0);
             (
                 Some(active),
                 last_good + 1,
                 torn,
-                !header_ok || version < 2 || cut,
+                !header_ok || version < FORMAT_VERSION || cut || key_changed,
             )
         }
         None => (None, 0, None, true),
@@ -428,6 +439,7 @@ pub(crate) fn recover(
             created_at_nanos: nanos_since_epoch(std::time::SystemTime::now()),
             wal_id,
             skipped_from,
+            key_id: cfg.keys.active().unwrap_or(0),
         };
         let path = segment_path(wal_dir, next_seq);
         if let Some(old) = &active {
@@ -545,6 +557,90 @@ fn quarantine(
 
 /// Reads a segment's length and header, with `pread` (a bad sector in the header is
 /// a damaged header, not an error).
+/// The keys the segments name are configured, and each opens a record it sealed:
+/// for each key id, the first record of the newest segment naming it that has a
+/// readable one (up to three segments are tried; a key no intact record can check
+/// is left to the readers, which report what it cannot open).
+fn check_keys(
+    keys: &KeyRing,
+    wal_dir: &Path,
+    candidates: &[Candidate],
+    wal_id: &[u8; 16],
+) -> Result<(), OpenError> {
+    let mut by_key: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for c in candidates {
+        if let Ok((h, _)) = &c.header {
+            if h.key_id != 0 && &h.wal_id == wal_id {
+                by_key.entry(h.key_id).or_default().push(c.first);
+            }
+        }
+    }
+    for (key_id, segments) in by_key {
+        if !keys.has(key_id) {
+            return Err(OpenError::MissingKey {
+                key_id,
+                first_segment: segment_path(wal_dir, segments[0]),
+                segments: segments.len(),
+            });
+        }
+        for &first in segments.iter().rev().take(3) {
+            let path = segment_path(wal_dir, first);
+            match first_record_opens(keys, &path, first, key_id, wal_id) {
+                Ok(true) => break,
+                Ok(false) => continue,
+                Err(SealError::Unauthentic { .. }) => {
+                    return Err(OpenError::WrongKey { key_id, path });
+                }
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), key_id, error = %e, "cannot check the key against this segment");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the first record of a segment opens under its key: `Ok(false)` when the
+/// segment has no intact first record to try.
+fn first_record_opens(
+    keys: &KeyRing,
+    path: &Path,
+    first: u64,
+    key_id: u32,
+    wal_id: &[u8; 16],
+) -> Result<bool, SealError> {
+    let Ok(file) = File::open(path) else {
+        return Ok(false);
+    };
+    let head = match read_region(&file, RECORDS_START as u64, RECORD_HEADER_LEN) {
+        Ok(r) if r.unreadable.is_empty() => r.bytes,
+        _ => return Ok(false),
+    };
+    let Ok(h) = decode_header(&head) else {
+        return Ok(false);
+    };
+    let frame = match read_region(&file, RECORDS_START as u64, h.frame_len()) {
+        Ok(r) if r.unreadable.is_empty() => r.bytes,
+        _ => return Ok(false),
+    };
+    let Ok(f) = decode_frame(&frame) else {
+        return Ok(false);
+    };
+    if f.header.flags & FLAG_SEALED == 0 {
+        return Ok(false);
+    }
+    let key = keys.segment_key(key_id, wal_id, first)?;
+    let aad = FrameAad::new(
+        f.header.seq,
+        f.header.received_at_nanos,
+        f.header.span_count,
+        f.header.codec.0,
+        f.key,
+    );
+    let mut payload = f.payload.to_vec();
+    key.open(&aad, &mut payload).map(|_| true)
+}
+
 fn read_header(path: &Path, first: u64) -> Candidate {
     let res = File::open(path).and_then(|f| {
         let len = f.metadata()?.len();
@@ -612,6 +708,8 @@ fn recover_active(
     let region = read_region(&file, 0, len as usize).map_err(io_err("read", &path))?;
     let bytes = &region.bytes;
     let limit = bytes.len();
+    // (A damaged header gets the active segment replaced, whatever it says.)
+    let key_id = SegmentHeader::decode(bytes).map(|h| h.key_id).unwrap_or(0);
     // The highest `durable_through` any valid frame states, and whether the segment
     // holds frames of the first version (which state nothing).
     let mut durable = (first - 1).max(durable_hint);
@@ -799,6 +897,7 @@ fn recover_active(
             path: path.clone(),
             len,
             synced_len: len,
+            key_id,
         },
         last_good,
         torn,

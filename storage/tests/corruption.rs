@@ -314,7 +314,7 @@ async fn segment_of_a_newer_format_version_stops_the_open_with_a_clear_error() {
             err,
             OpenError::UnsupportedVersion {
                 found: 9,
-                supported: 2,
+                supported: 3,
                 ..
             }
         ),

@@ -8,7 +8,7 @@ use common::*;
 use tracespool_storage::offline::{
     for_each_record, forwarder_running, list_segments, read_record, read_segment,
 };
-use tracespool_storage::{CursorStart, GapCause, ReadItem, Wal, WalEvent, WhenFull};
+use tracespool_storage::{CursorStart, GapCause, KeyRing, ReadItem, Wal, WalEvent, WhenFull};
 
 const LEN: usize = 900;
 
@@ -20,7 +20,7 @@ async fn offline_reading_sees_exactly_what_the_log_reader_sees() {
     assert_eq!(segments.len(), files.len());
     assert!(segments.iter().all(|s| s.header_error.is_none()));
     let mut seen = Vec::new();
-    let damage = for_each_record(dir.path(), 1, u64::MAX, true, |r| {
+    let damage = for_each_record(dir.path(), 1, u64::MAX, true, &KeyRing::default(), |r| {
         seen.push(r);
         Ok(())
     })
@@ -31,9 +31,13 @@ async fn offline_reading_sees_exactly_what_the_log_reader_sees() {
         assert_eq!(r.seq, i as u64 + 1);
         assert_record(r, i as u64, LEN, spans_of(i as u64));
     }
-    let r = read_record(dir.path(), 37).unwrap().unwrap();
+    let r = read_record(dir.path(), 37, &KeyRing::default())
+        .unwrap()
+        .unwrap();
     assert_record(&r, 36, LEN, spans_of(36));
-    assert!(read_record(dir.path(), 61).unwrap().is_none());
+    assert!(read_record(dir.path(), 61, &KeyRing::default())
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -50,7 +54,7 @@ async fn offline_reading_reports_the_same_damage_as_the_log() {
     for (i, s) in segments.iter().enumerate() {
         let next = segments.get(i + 1).map(|n| n.first_seq);
         offline.extend(
-            read_segment(s, next, false)
+            read_segment(s, next, false, &KeyRing::default())
                 .unwrap()
                 .damage
                 .into_iter()

@@ -22,7 +22,7 @@ try:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-    from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+    from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
     from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
@@ -66,11 +66,16 @@ def batch_maker(args):
     def make(b):
         memory.clear()
         parent = None
+        root = None
         for s in range(args.spans):
             links = ([Link(parent.get_span_context(), attributes=extra.get("link") or None)]
                      if parent is not None and s % 3 == 0 else [])
+            # With --spans-per-trace K, spans come in traces of K: a root, then its
+            # children (as an instrumented service makes them); else each is a root.
+            child_of = None if args.spans_per_trace <= 1 or s % args.spans_per_trace == 0 else root
             with tracer.start_as_current_span(
                 f"{args.prefix} op {b}.{s}",
+                context=set_span_in_context(child_of) if child_of is not None else None,
                 kind=SpanKind.SERVER if s % 2 == 0 else SpanKind.CLIENT,
                 links=links,
                 attributes={
@@ -88,6 +93,8 @@ def batch_maker(args):
                     span.set_status(Status(StatusCode.ERROR, "boom"))
                 if parent is None:
                     parent = span
+                if child_of is None:
+                    root = span
         return list(memory.get_finished_spans())
 
     return make
@@ -135,6 +142,7 @@ def main():
     p.add_argument("--batches", type=int, default=10, help="batches to send; 0: until --stop-file exists")
     p.add_argument("--stop-file", help="finish the batch in hand and stop once this file exists")
     p.add_argument("--spans", type=int, default=5)
+    p.add_argument("--spans-per-trace", type=int, default=1, help="spans per trace (a root and its children)")
     p.add_argument("--prefix", default="run")
     p.add_argument("--service", default="tracespool-test-client")
     p.add_argument("--keys", action="store_true", help="send an idempotency-key per batch")

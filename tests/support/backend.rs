@@ -62,6 +62,17 @@ struct State {
     poison: Mutex<Vec<String>>,
     /// Bytes of every request body that arrived, answered or not.
     attempt_bytes: Mutex<u64>,
+    /// Every request body as it came over the wire (before decompression).
+    wire: Mutex<Vec<WireBody>>,
+}
+
+/// A request body as it came over the wire: its encoding (`Content-Encoding`, or
+/// `grpc-encoding` for a gRPC message sent with the compressed flag) and bytes
+/// (for gRPC, the message without its 5-byte prefix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireBody {
+    pub encoding: String,
+    pub body: Vec<u8>,
 }
 
 pub struct Backend {
@@ -137,14 +148,21 @@ impl Backend {
         let state = self.state.clone();
         let router: axum::Router = match self.kind {
             Kind::Grpc => {
-                tonic::service::Routes::new(ExportService::new(GrpcSink(state), 256 << 20))
+                tonic::service::Routes::new(ExportService::new(GrpcSink(state.clone()), 256 << 20))
                     .prepare()
                     .into_axum_router()
             }
             Kind::Http => axum::Router::new()
                 .route("/v1/traces", axum::routing::post(http_sink))
-                .with_state(state),
+                .with_state(state.clone()),
         };
+        let kind = self.kind;
+        let router = router.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let state = state.clone();
+                async move { record_wire(&state, kind, req, next).await }
+            },
+        ));
         // Our own accept loop, so stopping the server also closes every connection
         // it accepted (a plain abort of `axum::serve` would leave them serving).
         let tls = self.tls.clone();
@@ -217,6 +235,11 @@ impl Backend {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         panic!("cannot listen on {} again", self.addr);
+    }
+
+    /// Every request body as it came over the wire, in arrival order.
+    pub fn wire(&self) -> Vec<WireBody> {
+        self.state.wire.lock().unwrap().clone()
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -346,6 +369,47 @@ pub fn attrs(kvs: &[KeyValue]) -> serde_json::Value {
     )
 }
 
+/// Records the body as it arrived, then hands the request on unchanged.
+async fn record_wire(
+    state: &State,
+    kind: Kind,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 512 << 20)
+        .await
+        .unwrap_or_default();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("identity")
+            .to_string()
+    };
+    let wire = match kind {
+        Kind::Http => WireBody {
+            encoding: header("content-encoding"),
+            body: bytes.to_vec(),
+        },
+        Kind::Grpc => WireBody {
+            encoding: if bytes.first() == Some(&1) {
+                header("grpc-encoding")
+            } else {
+                "identity".into()
+            },
+            body: bytes.get(5..).unwrap_or_default().to_vec(),
+        },
+    };
+    state.wire.lock().unwrap().push(wire);
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
 enum Answer {
     Ok(Vec<u8>),
     Unavailable,
@@ -434,6 +498,11 @@ async fn http_sink(
             return (http::StatusCode::BAD_REQUEST, "bad gzip").into_response();
         }
         Bytes::from(out)
+    } else if headers.get("content-encoding").is_some_and(|v| v == "zstd") {
+        match zstd::stream::decode_all(&body[..]) {
+            Ok(out) => Bytes::from(out),
+            Err(_) => return (http::StatusCode::BAD_REQUEST, "bad zstd").into_response(),
+        }
     } else {
         body
     };

@@ -311,11 +311,13 @@ impl Spool {
     pub async fn tool(&self, args: &[&str]) -> (i32, String, String) {
         let config = self.config.clone();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env = self.env.clone();
         tokio::task::spawn_blocking(move || {
             let out = Command::new(binary())
                 .arg("--config")
                 .arg(&config)
                 .args(&args)
+                .envs(env)
                 .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
                 .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                 .stdin(Stdio::null())

@@ -56,9 +56,10 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
 
 use crate::config::FsyncPolicy;
+use crate::crypto::{FrameAad, NonceSource, SegmentKey, SEAL_OVERHEAD};
 use crate::error::AppendError;
 use crate::failpoints::{os_error, Action};
-use crate::format::{encode_head, frame_len, SEGMENT_HEADER_LEN};
+use crate::format::{encode_head, frame_len, FLAG_SEALED, SEGMENT_HEADER_LEN};
 use crate::queue::CommandQueue;
 use crate::shared::{Shared, Watermark};
 use crate::state::{LogState, StateFile};
@@ -121,6 +122,8 @@ pub(crate) struct Active {
     pub len: u64,
     /// Bytes covered by the last successful `fdatasync`.
     pub synced_len: u64,
+    /// The key its records are sealed with (its header's `key_id`); 0: plaintext.
+    pub key_id: u32,
 }
 
 pub(crate) struct Writer {
@@ -164,6 +167,9 @@ pub(crate) struct Writer {
     /// A new active segment still to be created (its `skipped_from`) before the next
     /// append: seqs were skipped and there was no space for it then.
     pending_rotation: Option<u64>,
+    /// The active segment's key, derived when its first sealed record is staged.
+    segment_key: Option<SegmentKey>,
+    nonces: NonceSource,
 }
 
 impl Writer {
@@ -208,6 +214,8 @@ impl Writer {
             last_sync: Instant::now(),
             last_maintenance: Instant::now(),
             available: None,
+            segment_key: None,
+            nonces: NonceSource::default(),
         }
     }
 
@@ -353,7 +361,12 @@ impl Writer {
             }));
             return;
         }
-        let frame = frame_len(record.idempotency_key.len(), record.payload.len());
+        let key_id = self.shared.cfg.keys.active().unwrap_or(0);
+        let overhead = if key_id != 0 { SEAL_OVERHEAD } else { 0 };
+        let frame = frame_len(
+            record.idempotency_key.len(),
+            record.payload.len() + overhead,
+        );
         let max_bytes = self.shared.cfg.max_bytes;
         if frame + SEGMENT_HEADER_LEN as u64 > max_bytes {
             let _ = reply.send(Err(AppendError::TooLarge {
@@ -375,7 +388,8 @@ impl Writer {
             let _ = reply.send(Err(e));
             return;
         }
-        if self.needs_rotation(frame) {
+        // A segment's records are all sealed with its header's key (or none are).
+        if self.needs_rotation(frame) || self.active.key_id != key_id {
             if let Err(e) = self.rotate() {
                 let _ = reply.send(Err(e));
                 return;
@@ -388,22 +402,35 @@ impl Writer {
                 return;
             }
         }
+        let received_at = nanos_since_epoch(record.received_at);
+        let (payload, flags) = if key_id == 0 {
+            (record.payload, 0)
+        } else {
+            match self.seal(seq, received_at, &record) {
+                Ok(sealed) => (sealed, FLAG_SEALED),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+        };
         self.next_seq += 1;
         let start = self.heads.len();
         encode_head(
             &mut self.heads,
             seq,
-            nanos_since_epoch(record.received_at),
+            received_at,
             record.span_count,
             record.codec,
+            flags,
             self.last_synced_seq,
             &record.idempotency_key,
-            &record.payload,
+            &payload,
         );
         self.chunk.push(Pending {
             seq,
             head: (start, self.heads.len()),
-            payload: record.payload,
+            payload,
             reply,
             evicted,
             _permit: permit,
@@ -414,6 +441,44 @@ impl Writer {
         if self.chunk_bytes >= CHUNK_BYTES || self.chunk.len() >= MAX_CHUNK_RECORDS {
             self.flush_chunk();
         }
+    }
+
+    /// Seals a record's payload under the active segment's key, bound to its seq
+    /// and header (`crypto.rs`).
+    fn seal(
+        &mut self,
+        seq: u64,
+        received_at: u64,
+        record: &NewRecord,
+    ) -> Result<Bytes, AppendError> {
+        let first_seq = self.active.first_seq;
+        if self
+            .segment_key
+            .as_ref()
+            .is_none_or(|k| k.segment() != first_seq || k.id() != self.active.key_id)
+        {
+            let key = self
+                .shared
+                .cfg
+                .keys
+                .segment_key(self.active.key_id, &self.wal_id, first_seq)
+                .map_err(|e| AppendError::Failed {
+                    cause: format!("sealing records of segment {first_seq:020}.seg: {e}").into(),
+                })?;
+            self.segment_key = Some(key);
+        }
+        let nonce = self.nonces.draw().map_err(|e| AppendError::Failed {
+            cause: format!("drawing a nonce for seq {seq}: {e}").into(),
+        })?;
+        let aad = FrameAad::new(
+            seq,
+            received_at,
+            record.span_count,
+            record.codec.0,
+            &record.idempotency_key,
+        );
+        let key = self.segment_key.as_ref().expect("derived above");
+        Ok(Bytes::from(key.seal(nonce, &aad, &record.payload)))
     }
 
     fn active_has_content(&self) -> bool {

@@ -91,6 +91,7 @@ impl Writer {
             created_at_nanos: nanos_since_epoch(SystemTime::now()),
             wal_id: self.wal_id,
             skipped_from,
+            key_id: self.shared.cfg.keys.active().unwrap_or(0),
         };
         let wal_dir = self.shared.wal_dir.clone();
         let r = create_segment_file(&wal_dir, &header, self.fire("segment.create"));
@@ -157,5 +158,6 @@ pub(crate) fn create_segment_file(
         path,
         len: SEGMENT_HEADER_LEN as u64,
         synced_len: SEGMENT_HEADER_LEN as u64,
+        key_id: header.key_id,
     })
 }
