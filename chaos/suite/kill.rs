@@ -11,7 +11,22 @@ use crate::power::{dests, sinks, MAX_IN_FLIGHT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loops_under_load_lose_nothing() {
-    let name = "kill_9_loops_under_load_lose_nothing";
+    kill_loops("kill_9_loops_under_load_lose_nothing", "", &[]).await;
+}
+
+/// The same with records stored as zstd and encrypted (`crate::codecs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loops_with_zstd_and_encryption_lose_nothing() {
+    kill_loops(
+        "kill_9_loops_with_zstd_and_encryption_lose_nothing",
+        crate::CODECS,
+        &crate::codecs_env(),
+    )
+    .await;
+}
+
+/// `storage`: more `[storage]` settings; `env`: variables for the forwarder.
+async fn kill_loops(name: &str, storage: &str, env: &[(String, String)]) {
     let Some(_serial) = crate::can_run(name) else {
         return;
     };
@@ -21,10 +36,11 @@ async fn kill_9_loops_under_load_lose_nothing() {
     let (g, h) = sinks().await;
     let mut edge = Edge::new(
         dir.path(),
-        "segment_bytes = \"64KiB\"\nmax_bytes = \"16MiB\"",
+        &format!("segment_bytes = \"64KiB\"\nmax_bytes = \"16MiB\"\n{storage}"),
         &dests(&g, &h),
         MountOptions::default(),
     );
+    edge.spool.env.extend(env.iter().cloned());
     edge.power_on();
     let load = Load::start(dir.path(), &edge.spool, 1, 1, 20, 0.01);
     let cycles = crate::knob("kills", 15, 1000);

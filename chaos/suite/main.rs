@@ -20,6 +20,19 @@ mod load;
 mod power;
 mod uplink;
 
+/// `[storage]` settings that turn both record codecs on: zstd, and encryption
+/// with a key from the environment ([`codecs_env`]). Goes last in `[storage]`
+/// (it opens the `[storage.encryption]` table).
+pub const CODECS: &str = "compression = \"zstd\"\n[storage.encryption]\nactive_key = 7\n[[storage.encryption.keys]]\nid = 7\nenv = \"TRACESPOOL_CHAOS_KEY\"\n";
+
+/// The key [`CODECS`] names.
+pub fn codecs_env() -> Vec<(String, String)> {
+    vec![(
+        "TRACESPOOL_CHAOS_KEY".into(),
+        "4f1c6a0b2d3e5f708192a3b4c5d6e7f80112233445566778899aabbccddeeff0".into(),
+    )]
+}
+
 /// Held while a scenario runs: one at a time (a lock on a file, so scenarios in
 /// other processes wait too).
 pub struct Serial(#[allow(dead_code)] std::fs::File);

@@ -33,7 +33,21 @@ pub fn dests(g: &Backend, h: &Backend) -> Vec<Dest> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_at_random_moments_under_load() {
-    let name = "power_cuts_at_random_moments_under_load";
+    random_power_cuts("power_cuts_at_random_moments_under_load", "", &[]).await;
+}
+
+/// The same with records stored as zstd and encrypted (`crate::CODECS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cuts_with_zstd_and_encryption_lose_nothing() {
+    random_power_cuts(
+        "power_cuts_with_zstd_and_encryption_lose_nothing",
+        crate::CODECS,
+        &crate::codecs_env(),
+    )
+    .await;
+}
+
+async fn random_power_cuts(name: &str, storage: &str, env: &[(String, String)]) {
     let Some(_serial) = crate::can_run(name) else {
         return;
     };
@@ -43,13 +57,14 @@ async fn power_cuts_at_random_moments_under_load() {
     let (g, h) = sinks().await;
     let mut edge = Edge::new(
         dir.path(),
-        STORAGE,
+        &format!("{STORAGE}\n{storage}"),
         &dests(&g, &h),
         MountOptions {
             seed: rnd(u64::MAX),
             ..Default::default()
         },
     );
+    edge.spool.env.extend(env.iter().cloned());
     edge.power_on();
     // Several clients of each protocol.
     let load = Load::start(dir.path(), &edge.spool, 2, 2, 20, 0.02);
