@@ -25,7 +25,14 @@ static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn edge(root: &Path, name: &str, urls: &str, stream: &str, extra: &str) -> Spool {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let spool = Spool::new(&dir, "", &[]);
+    // One edge of the fan-in stores zstd records: they cross the stream as stored
+    // (`Content-Encoding: zstd`) among the others' plain ones.
+    let storage = if name == "edge-b" {
+        "compression = \"zstd\""
+    } else {
+        ""
+    };
+    let spool = Spool::new(&dir, storage, &[]);
     let timeout = if extra.contains("timeout =") {
         ""
     } else {
@@ -52,9 +59,10 @@ retry.max_backoff = "1s"
 fn gateway(root: &Path, name: &str, urls: &str, stream: &str, backend: &Backend) -> Spool {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
+    // Gateways store zstd too: the zstd edge's messages are stored as they come.
     let spool = Spool::new(
         &dir,
-        "",
+        "compression = \"zstd\"",
         &[Dest::new("sink", &backend.endpoint(), backend.protocol()).timeout("30s")],
     );
     spool.append_config(&format!(
