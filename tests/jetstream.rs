@@ -226,6 +226,9 @@ async fn three_edges_through_an_r3_stream_and_two_gateways_deliver_every_span_on
         through_gateways, 600,
         "the two gateways shared the work, each batch once"
     );
+    // edge-b stored (and so published) zstd records; every span of it arrived.
+    let ratio = edges[1].metric("tracespool_wal_compression_ratio").await;
+    assert!(ratio > 1.2, "edge-b compressed nothing: {ratio}");
     // Both gateways took part (a shared durable consumer is a work queue).
     for g in &gateways {
         assert!(
