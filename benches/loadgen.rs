@@ -14,7 +14,13 @@
 //! ```sh
 //! cargo bench --bench loadgen                       # gRPC, 512-span batches, 2 GiB backlog
 //! cargo bench --bench loadgen -- --protocol http --backlog 512MiB --duration 10s
+//! cargo bench --bench loadgen -- --codecs --duration 20s   # none vs zstd vs zstd + AES-GCM
 //! ```
+//!
+//! `--codecs` runs ingest and drain three times in the same run — records stored
+//! plain, as zstd, and as zstd sealed with AES-256-GCM (the zstd runs drain to a
+//! zstd destination: sent as stored) — each for `--duration` of ingest, and prints
+//! the figures as ratios to the plain run, with tracespool's CPU per span.
 //!
 //! Both processes share the machine (2 cores here): the figures include the load
 //! generator's own cost. The sink counts requests and bytes (every request is one
@@ -29,13 +35,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
-use prost::Message;
 use tokio::net::TcpListener;
 use tracespool::otlp::codec::{ExportFuture, ExportHandler, ExportService, RawCodec, EXPORT_PATH};
+
+#[path = "common/spans.rs"]
+mod spans;
+use spans::request;
 
 #[derive(Clone, Debug)]
 struct Opts {
@@ -47,6 +52,8 @@ struct Opts {
     latency_duration: Duration,
     /// Fractions of the measured ingest rate at which to measure ack latency.
     latency_at: Vec<f64>,
+    /// Compare record codecs instead (see the module doc).
+    codecs: bool,
 }
 
 fn parse_args() -> Opts {
@@ -58,6 +65,7 @@ fn parse_args() -> Opts {
         max_duration: Duration::from_secs(60),
         latency_duration: Duration::from_secs(10),
         latency_at: vec![0.5],
+        codecs: false,
     };
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -66,6 +74,11 @@ fn parse_args() -> Opts {
     let mut i = 0;
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
+        if args[i] == "--codecs" {
+            o.codecs = true;
+            i += 1;
+            continue;
+        }
         match args[i].as_str() {
             "--protocol" => o.protocol = v,
             "--concurrency" => o.concurrency = v.parse().expect("--concurrency N"),
@@ -93,71 +106,6 @@ fn parse_args() -> Opts {
         i += 2;
     }
     o
-}
-
-fn kv(k: &str, v: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue { value: Some(v) }),
-        ..Default::default()
-    }
-}
-
-/// A request of `n` spans of about 200 bytes each in protobuf, like an instrumented
-/// HTTP service produces.
-fn request(n: usize, variant: u64) -> Vec<u8> {
-    let s = |v: &str| any_value::Value::StringValue(v.into());
-    let spans = (0..n)
-        .map(|i| {
-            let mut trace_id = [0u8; 16];
-            trace_id[..8].copy_from_slice(&variant.to_be_bytes());
-            trace_id[8..].copy_from_slice(&(i as u64 / 8).to_be_bytes());
-            let mut span_id = [0u8; 8];
-            span_id.copy_from_slice(&((variant << 32) | i as u64).to_be_bytes());
-            Span {
-                trace_id: trace_id.to_vec(),
-                span_id: span_id.to_vec(),
-                parent_span_id: if i % 8 == 0 { vec![] } else { span_id.to_vec() },
-                name: "GET /api/v1/orders/{id}".into(),
-                kind: 2,
-                start_time_unix_nano: 1_700_000_000_000_000_000 + i as u64 * 1000,
-                end_time_unix_nano: 1_700_000_000_000_450_000 + i as u64 * 1000,
-                attributes: vec![
-                    kv("http.request.method", s("GET")),
-                    kv("url.path", s("/api/v1/orders/12345")),
-                    kv("http.response.status_code", any_value::Value::IntValue(200)),
-                    kv("server.address", s("orders.shop.local")),
-                ],
-                status: Some(Status {
-                    message: String::new(),
-                    code: 1,
-                }),
-                ..Default::default()
-            }
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![
-                    kv("service.name", s("orders")),
-                    kv("host.name", s("edge-node-17")),
-                ],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "io.opentelemetry.http".into(),
-                    version: "1.0.0".into(),
-                    ..Default::default()
-                }),
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
 }
 
 // ---- the sink: counts spans it receives, answers OK ----
@@ -337,6 +285,19 @@ fn tracespool_binary() -> PathBuf {
 }
 
 fn start_tracespool(bin: &Path, dir: &Path, sink: SocketAddr) -> (Child, SocketAddr, SocketAddr) {
+    start_tracespool_with(bin, dir, sink, "", "", &[])
+}
+
+/// `storage`: more `[storage]` settings; `dest`: more destination settings; `env`:
+/// variables for the process.
+fn start_tracespool_with(
+    bin: &Path,
+    dir: &Path,
+    sink: SocketAddr,
+    storage: &str,
+    dest: &str,
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr, SocketAddr) {
     let port = |_: ()| {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -348,7 +309,7 @@ fn start_tracespool(bin: &Path, dir: &Path, sink: SocketAddr) -> (Child, SocketA
     std::fs::write(
         &cfg,
         format!(
-            "[storage]\ndir = {:?}\nmax_bytes = \"8GiB\"\nfsync = \"always\"\n\n[receivers.otlp]\ngrpc = \"{grpc}\"\nhttp = \"{http}\"\n\n[log]\nlevel = \"warn\"\n\n[[destinations]]\nname = \"sink\"\nendpoint = \"http://{sink}\"\nprotocol = \"grpc\"\nmax_in_flight = 16\nretry.initial_backoff = \"100ms\"\nretry.max_backoff = \"500ms\"\n",
+            "[storage]\ndir = {:?}\nmax_bytes = \"8GiB\"\nfsync = \"always\"\n{storage}\n\n[receivers.otlp]\ngrpc = \"{grpc}\"\nhttp = \"{http}\"\n\n[log]\nlevel = \"warn\"\n\n[[destinations]]\nname = \"sink\"\nendpoint = \"http://{sink}\"\nprotocol = \"grpc\"\nmax_in_flight = 16\nretry.initial_backoff = \"100ms\"\nretry.max_backoff = \"500ms\"\n{dest}\n",
             dir.join("data").display().to_string()
         ),
     )
@@ -357,6 +318,7 @@ fn start_tracespool(bin: &Path, dir: &Path, sink: SocketAddr) -> (Child, SocketA
         .arg("--config")
         .arg(&cfg)
         .arg("run")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::from(
             std::fs::File::create(dir.join("tracespool.log")).unwrap(),
@@ -435,6 +397,9 @@ fn main() {
 }
 
 async fn run(o: Opts, bin: PathBuf) {
+    if o.codecs {
+        return codecs(o, bin).await;
+    }
     let base_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
     std::fs::create_dir_all(&base_dir).unwrap();
     let dir = tempfile::tempdir_in(&base_dir).unwrap();
@@ -558,5 +523,156 @@ async fn run(o: Opts, bin: PathBuf) {
     let _ = child.wait();
     if std::env::var_os("LOADGEN_KEEP").is_some() {
         println!("kept {}", dir.keep().display());
+    }
+}
+
+// ---- record codecs, compared in one run ----
+
+struct CodecFigures {
+    ingest_sps: f64,
+    drain_sps: f64,
+    /// tracespool's CPU per span while ingesting, and while draining.
+    ingest_cpu_ns: f64,
+    drain_cpu_ns: f64,
+    disk_bytes_per_span: f64,
+}
+
+async fn codecs(o: Opts, bin: PathBuf) {
+    let base_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&base_dir).unwrap();
+    let probe = tempfile::tempdir_in(&base_dir).unwrap();
+    let disk = baseline(probe.path());
+    let bodies: Vec<Bytes> = (0..16).map(|v| Bytes::from(request(o.batch, v))).collect();
+    println!(
+        "record codecs: {} clients, {} spans/request ({} bytes), {} of ingest each, fsync = always; disk baseline {disk:.0} MB/s",
+        o.concurrency,
+        o.batch,
+        bodies[0].len(),
+        humantime::format_duration(o.max_duration)
+    );
+    let key = "3c1f0a9b8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928170605f4e3";
+    let encryption = "[storage.encryption]\nactive_key = 1\n[[storage.encryption.keys]]\nid = 1\nenv = \"LOADGEN_KEY\"\n";
+    let runs = [
+        ("none", String::new(), ""),
+        (
+            "zstd",
+            "compression = \"zstd\"".to_string(),
+            "compression = \"zstd\"",
+        ),
+        (
+            "zstd + AES-256-GCM",
+            format!("compression = \"zstd\"\n{encryption}"),
+            "compression = \"zstd\"",
+        ),
+    ];
+    let mut results: Vec<(&str, CodecFigures)> = Vec::new();
+    for (name, storage, dest) in &runs {
+        let f = codec_run(
+            &o,
+            &bin,
+            &base_dir,
+            &bodies,
+            storage,
+            dest,
+            &[("LOADGEN_KEY", key)],
+        )
+        .await;
+        println!(
+            "{name:>20}: ingest {:.0} spans/s ({:.0} ns CPU/span), drain {:.0} spans/s ({:.0} ns CPU/span), {:.1} bytes/span on disk",
+            f.ingest_sps, f.ingest_cpu_ns, f.drain_sps, f.drain_cpu_ns, f.disk_bytes_per_span
+        );
+        results.push((name, f));
+    }
+    let base = &results[0].1;
+    for (name, f) in &results[1..] {
+        println!(
+            "{name:>20} / none: ingest {:.2}x, drain {:.2}x, CPU/span ingest {:.2}x drain {:.2}x, disk per span {:.3}x ({:.1}x more spans per byte)",
+            f.ingest_sps / base.ingest_sps,
+            f.drain_sps / base.drain_sps,
+            f.ingest_cpu_ns / base.ingest_cpu_ns,
+            f.drain_cpu_ns / base.drain_cpu_ns,
+            f.disk_bytes_per_span / base.disk_bytes_per_span,
+            base.disk_bytes_per_span / f.disk_bytes_per_span
+        );
+    }
+}
+
+async fn codec_run(
+    o: &Opts,
+    bin: &Path,
+    base_dir: &Path,
+    bodies: &[Bytes],
+    storage: &str,
+    dest: &str,
+    env: &[(&str, &str)],
+) -> CodecFigures {
+    let dir = tempfile::tempdir_in(base_dir).unwrap();
+    let sink_stats = Arc::new(SinkStats::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = listener.local_addr().unwrap();
+    let sink = ExportService::new(Sink(sink_stats.clone()), 64 << 20);
+    let server = tokio::spawn(async move {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let _ = tonic::transport::Server::builder()
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            .add_service(sink)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    let (mut child, grpc, http) =
+        start_tracespool_with(bin, dir.path(), sink_addr, storage, dest, env);
+    let pid = child.id();
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let cpu0 = cpu_time(pid);
+    let mut tasks = Vec::new();
+    for c in 0..o.concurrency {
+        let mut client = Client::new(&o.protocol, grpc, http).await;
+        let (acked, stop, bodies) = (acked.clone(), stop.clone(), bodies.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            while !stop.load(Ordering::Relaxed) {
+                if client.send(&bodies[i % bodies.len()]).await {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(o.max_duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let spans = acked.load(Ordering::Relaxed) * o.batch as u64;
+    let ingest_cpu = cpu_time(pid).saturating_sub(cpu0).as_secs_f64();
+    let disk_bytes = dir_size(&dir.path().join("data/wal"));
+
+    sink_stats.up.store(true, Ordering::Relaxed);
+    let drain_started = Instant::now();
+    let cpu1 = cpu_time(pid);
+    let sink_spans = |s: &SinkStats| s.requests.load(Ordering::Relaxed) * o.batch as u64;
+    while sink_spans(&sink_stats) < spans && drain_started.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain_secs = drain_started.elapsed().as_secs_f64();
+    let drain_cpu = cpu_time(pid).saturating_sub(cpu1).as_secs_f64();
+    let drained = sink_spans(&sink_stats);
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let _ = child.wait();
+    server.abort();
+    CodecFigures {
+        ingest_sps: spans as f64 / secs,
+        drain_sps: drained as f64 / drain_secs,
+        ingest_cpu_ns: ingest_cpu * 1e9 / spans.max(1) as f64,
+        drain_cpu_ns: drain_cpu * 1e9 / drained.max(1) as f64,
+        disk_bytes_per_span: disk_bytes as f64 / spans.max(1) as f64,
     }
 }
