@@ -5,7 +5,8 @@
 //! Layout, per destination:
 //!
 //! ```text
-//! <data>/dead-letter/<destination>/<seq:020>.pb         the record's payload (OTLP protobuf)
+//! <data>/dead-letter/<destination>/<seq:020>.pb         the record's payload (OTLP protobuf;
+//!                                                       as stored if the JSON's codec is not 1)
 //! <data>/dead-letter/<destination>/<seq:020>.pb.sealed  the same, encrypted (below)
 //! <data>/dead-letter/<destination>/<seq:020>.json       what, when and why (written last)
 //! ```
@@ -44,6 +45,15 @@ pub struct DeadLetter {
     pub dead_lettered_at_unix_ms: u64,
     pub attempts: u32,
     pub reason: String,
+    /// How the payload file holds it: 1, OTLP protobuf (every record this build
+    /// can read); another value, the record's bytes as stored under that codec
+    /// (one this build could not decode — kept rather than lost).
+    #[serde(default = "protobuf_codec")]
+    pub codec: u8,
+}
+
+fn protobuf_codec() -> u8 {
+    crate::payload::PROTOBUF.0
 }
 
 #[derive(Clone, Debug)]
@@ -80,7 +90,7 @@ impl DeadLetters {
         FrameAad::new(seq, 0, spans, codec, destination.as_bytes())
     }
 
-    fn seal(&self, key_id: u32, l: &DeadLetter, protobuf: &[u8]) -> io::Result<Vec<u8>> {
+    fn seal(&self, key_id: u32, l: &DeadLetter, payload: &[u8]) -> io::Result<Vec<u8>> {
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt).map_err(|e| io::Error::other(e.to_string()))?;
         let mut nonce = [0u8; 12];
@@ -89,11 +99,11 @@ impl DeadLetters {
             .keys
             .segment_key(key_id, &salt, l.seq)
             .map_err(io::Error::other)?;
-        let codec = crate::payload::PROTOBUF.0;
+        let codec = l.codec;
         let sealed = key.seal(
             nonce,
             &Self::aad(&l.destination, l.seq, l.spans, codec),
-            protobuf,
+            payload,
         );
         let mut out = Vec::with_capacity(SEALED_HEADER + sealed.len());
         out.extend_from_slice(SEALED_MAGIC);
@@ -124,10 +134,7 @@ impl DeadLetters {
         let range = key
             .open(&Self::aad(&l.destination, l.seq, l.spans, codec), sealed)
             .map_err(|e| bad(e.to_string()))?;
-        let plain = sealed[range].to_vec();
-        crate::payload::protobuf(tracespool_storage::Codec(codec), &plain.into())
-            .map(|b| b.to_vec())
-            .map_err(bad)
+        Ok(sealed[range].to_vec())
     }
 
     fn dir(&self, destination: &str) -> PathBuf {
@@ -156,14 +163,23 @@ impl DeadLetters {
             dead_lettered_at_unix_ms: unix_ms(SystemTime::now()),
             attempts,
             reason: reason.into(),
+            codec: protobuf_codec(),
         };
         let stem = format!("{:020}", record.seq);
-        // Kept as OTLP protobuf, whatever the log stored it as.
-        let protobuf = crate::payload::protobuf(record.codec, &record.payload)
-            .map_err(|e| io::Error::other(format!("dead letter seq {}: {e}", record.seq)))?;
-        let letter = DeadLetter {
-            bytes: protobuf.len() as u64,
-            ..letter
+        // Kept as OTLP protobuf, whatever the log stored it as; a record this
+        // build cannot decode is kept as stored, with its codec.
+        let (protobuf, letter) = match crate::payload::protobuf(record.codec, &record.payload) {
+            Ok(p) => {
+                let bytes = p.len() as u64;
+                (p, DeadLetter { bytes, ..letter })
+            }
+            Err(_) => (
+                record.payload.clone(),
+                DeadLetter {
+                    codec: record.codec.0,
+                    ..letter
+                },
+            ),
         };
         // The payload first: a dead letter is complete once its .json exists.
         match self.keys.active() {
@@ -223,8 +239,9 @@ impl DeadLetters {
         crate::fsio::sync_dir(&dir)
     }
 
-    /// The payload of a dead letter (OTLP protobuf), opened if it is sealed; a
-    /// sealed one whose key is not configured is an error naming the key id.
+    /// The payload of a dead letter (OTLP protobuf, unless its `codec` says
+    /// otherwise), opened if it is sealed; a sealed one whose key is not configured
+    /// is an error naming the key id.
     pub fn payload(&self, letter: &DeadLetter) -> io::Result<Vec<u8>> {
         let dir = self.dir(&letter.destination);
         let plain = dir.join(format!("{:020}.pb", letter.seq));
@@ -322,5 +339,18 @@ mod tests {
         assert!(e.to_string().contains("authentication failed"), "{e}");
         dl.remove(&l).unwrap();
         assert!(dl.list(None).unwrap().is_empty());
+        // A record of a codec this build cannot decode is kept as stored, sealed.
+        let odd = Record {
+            codec: tracespool_storage::Codec(9),
+            payload: Bytes::from_static(b"card-number-in-codec-9"),
+            ..record
+        };
+        let l = dl.store("backend", &odd, "k", 1, "unknown codec").unwrap();
+        assert_eq!(l.codec, 9);
+        assert_eq!(dl.payload(&l).unwrap(), b"card-number-in-codec-9");
+        for f in std::fs::read_dir(dir.path().join("dead-letter/backend")).unwrap() {
+            let b = std::fs::read(f.unwrap().path()).unwrap();
+            assert!(!b.windows(11).any(|w| w == b"card-number"));
+        }
     }
 }

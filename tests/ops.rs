@@ -145,6 +145,8 @@ fn every_alert_links_a_runbook_that_exists() {
         "protocol-mismatch",
         "disk-full",
         "corrupt-segment",
+        "stream-full",
+        "encryption-keys",
     ] {
         let text = read(&format!("ops/runbooks/{name}.md"));
         for part in ["**Symptoms.**", "## Confirm", "## Fix"] {

@@ -174,9 +174,12 @@ pub struct GrpcClient {
 
 impl GrpcClient {
     async fn send(&self, export: Export<'_>) -> (Sent, u64) {
-        if self.compression == Compression::Zstd {
-            return match Wire::for_destination(export.codec, &export.payload, Encoding::Zstd) {
-                Ok(wire) => self.send_framed(wire.body, export.key).await,
+        // Compressed messages are framed here (zstd records as stored), so the
+        // bytes counted are the bytes sent.
+        if self.compression != Compression::None {
+            let want = self.compression.wire();
+            return match Wire::for_destination(export.codec, &export.payload, want) {
+                Ok(wire) => self.send_framed(wire.body, wire.encoding, export.key).await,
                 Err(e) => unreadable(export.seq, e),
             };
         }
@@ -189,9 +192,6 @@ impl GrpcClient {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone())
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
-        if self.compression == Compression::Gzip {
-            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
-        }
         let mut req = tonic::Request::new(payload);
         *req.metadata_mut() = self.headers.clone();
         if let Ok(v) = AsciiMetadataValue::try_from(key) {
@@ -236,17 +236,17 @@ impl GrpcClient {
 }
 
 impl GrpcClient {
-    /// One unary call whose message is already zstd-compressed (the stored
-    /// bytes): framed with the compressed flag and `grpc-encoding: zstd`, sent as
+    /// One unary call whose message is already compressed (for zstd, the stored
+    /// bytes): framed with the compressed flag and its `grpc-encoding`, sent as
     /// given. tonic would compress the message itself, so this call is made on
     /// the same channel by hand (gRPC over HTTP/2, "Length-Prefixed-Message").
-    async fn send_framed(&self, zstd: Bytes, key: &str) -> (Sent, u64) {
+    async fn send_framed(&self, message: Bytes, encoding: Encoding, key: &str) -> (Sent, u64) {
         use tower::{Service, ServiceExt};
-        let wire = zstd.len() as u64;
-        let mut frame = Vec::with_capacity(5 + zstd.len());
-        frame.push(1);
-        frame.extend_from_slice(&(zstd.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&zstd);
+        let wire = message.len() as u64;
+        let mut frame = Vec::with_capacity(5 + message.len());
+        frame.push(u8::from(encoding != Encoding::Identity));
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
         let mut req = http::Request::post(EXPORT_PATH);
         if let Some(h) = req.headers_mut() {
             *h = self.headers.clone().into_headers();
@@ -255,7 +255,12 @@ impl GrpcClient {
                 http::HeaderValue::from_static("application/grpc"),
             );
             h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-            h.insert("grpc-encoding", http::HeaderValue::from_static("zstd"));
+            if encoding != Encoding::Identity {
+                h.insert(
+                    "grpc-encoding",
+                    http::HeaderValue::from_static(encoding.token()),
+                );
+            }
             h.insert(
                 "grpc-accept-encoding",
                 http::HeaderValue::from_static("identity,gzip,zstd"),

@@ -167,7 +167,7 @@ pub fn retry(
             };
             let export = Export {
                 payload: payload.into(),
-                codec: crate::payload::PROTOBUF,
+                codec: tracespool_storage::Codec(l.codec),
                 key: &l.export_key,
                 seq: l.seq,
                 spans: l.spans,

@@ -262,7 +262,7 @@ pub fn run(ctx: &Ctx, args: ReplayArgs) -> Result<Verdict, ToolError> {
                     spans: l.spans as u64,
                     key: l.export_key.clone(),
                     payload: payload.into(),
-                    codec: crate::payload::PROTOBUF,
+                    codec: tracespool_storage::Codec(l.codec),
                 };
                 if tx.blocking_send(item).is_err() {
                     break;
