@@ -1,5 +1,7 @@
-//! Realistic OTLP requests for the benchmarks: spans like an instrumented HTTP
-//! service makes them (shared by `loadgen` and `zstd_dict`).
+//! Realistic OTLP requests: spans like an instrumented HTTP service makes them.
+//! Shared by the benchmarks (`loadgen`, `zstd_dict`) and the tests
+//! (`tests/support/raw.rs`), so compression figures of both are of the same spans.
+#![allow(dead_code)]
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
@@ -29,7 +31,13 @@ const ROUTES: [&str; 5] = [
 /// Trace and span ids are random, as the SDKs make them (a trace per 8 spans), so
 /// compression is measured on what real ids leave it.
 pub fn request(n: usize, variant: u64) -> Vec<u8> {
+    request_with_ids(n, variant).0
+}
+
+/// [`request`], and the span ids it holds, in order.
+pub fn request_with_ids(n: usize, variant: u64) -> (Vec<u8>, Vec<[u8; 8]>) {
     let s = |v: &str| any_value::Value::StringValue(v.into());
+    let mut ids = Vec::with_capacity(n);
     let mut rng = fastrand::Rng::with_seed(variant);
     let mut trace_id = [0u8; 16];
     let mut root = [0u8; 8];
@@ -41,6 +49,7 @@ pub fn request(n: usize, variant: u64) -> Vec<u8> {
             }
             let mut span_id = [0u8; 8];
             rng.fill(&mut span_id);
+            ids.push(span_id);
             // Timestamps with real jitter, routes, ids and codes that vary.
             let start = 1_700_000_000_000_000_000 + i as u64 * 1_000_000 + rng.u64(0..1_000_000);
             let route = ROUTES[rng.usize(0..ROUTES.len())];
@@ -73,7 +82,7 @@ pub fn request(n: usize, variant: u64) -> Vec<u8> {
             }
         })
         .collect();
-    ExportTraceServiceRequest {
+    let request = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
                 attributes: vec![
@@ -94,5 +103,6 @@ pub fn request(n: usize, variant: u64) -> Vec<u8> {
             ..Default::default()
         }],
     }
-    .encode_to_vec()
+    .encode_to_vec();
+    (request, ids)
 }

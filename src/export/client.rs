@@ -153,6 +153,24 @@ impl Client {
     }
 }
 
+/// No answer within the destination's timeout: retried.
+fn no_answer(timeout: Duration) -> Sent {
+    Sent::Transient {
+        reason: format!("no answer within {}", humantime::format_duration(timeout)),
+        retry_after: None,
+    }
+}
+
+/// Accepted; with the partial-success detail of the answer's body, if any.
+fn accepted(response: Option<&[u8]>) -> Sent {
+    let (rejected, message) = response.and_then(partial_success).unwrap_or_default();
+    Sent::Ok {
+        rejected,
+        message,
+        receipt: None,
+    }
+}
+
 /// A stored payload this build cannot turn into a request is never accepted by
 /// any backend: permanent.
 fn unreadable(seq: u64, e: String) -> (Sent, u64) {
@@ -210,25 +228,8 @@ impl GrpcClient {
             .await
         };
         let outcome = match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => Sent::Transient {
-                reason: format!(
-                    "no answer within {}",
-                    humantime::format_duration(self.timeout)
-                ),
-                retry_after: None,
-            },
-            Ok(Ok(response)) => match partial_success(&response.into_inner()) {
-                Some((rejected, message)) => Sent::Ok {
-                    rejected,
-                    message,
-                    receipt: None,
-                },
-                None => Sent::Ok {
-                    rejected: 0,
-                    message: String::new(),
-                    receipt: None,
-                },
-            },
+            Err(_) => no_answer(self.timeout),
+            Ok(Ok(response)) => accepted(Some(&response.into_inner())),
             Ok(Err(status)) => classify_grpc(&status),
         };
         (outcome, wire)
@@ -326,25 +327,8 @@ impl GrpcClient {
             Ok::<_, tonic::Status>(unframe(&collected.to_bytes(), &encoding))
         };
         let outcome = match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => Sent::Transient {
-                reason: format!(
-                    "no answer within {}",
-                    humantime::format_duration(self.timeout)
-                ),
-                retry_after: None,
-            },
-            Ok(Ok(message)) => match message.as_deref().and_then(partial_success) {
-                Some((rejected, message)) => Sent::Ok {
-                    rejected,
-                    message,
-                    receipt: None,
-                },
-                None => Sent::Ok {
-                    rejected: 0,
-                    message: String::new(),
-                    receipt: None,
-                },
-            },
+            Err(_) => no_answer(self.timeout),
+            Ok(Ok(message)) => accepted(message.as_deref()),
             Ok(Err(status)) => classify_grpc(&status),
         };
         (outcome, wire)
@@ -472,13 +456,7 @@ impl HttpClient {
             Ok::<_, String>((status, retry_after, body))
         };
         let outcome = match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => Sent::Transient {
-                reason: format!(
-                    "no answer within {}",
-                    humantime::format_duration(self.timeout)
-                ),
-                retry_after: None,
-            },
+            Err(_) => no_answer(self.timeout),
             Ok(Err(e)) => Sent::Transient {
                 reason: e,
                 retry_after: None,
@@ -500,18 +478,7 @@ pub fn classify_http(status: http::StatusCode, retry_after: Option<Duration>, bo
         format!("HTTP {code}: {text}")
     };
     match code {
-        200..=299 => match partial_success(body) {
-            Some((rejected, message)) => Sent::Ok {
-                rejected,
-                message,
-                receipt: None,
-            },
-            None => Sent::Ok {
-                rejected: 0,
-                message: String::new(),
-                receipt: None,
-            },
-        },
+        200..=299 => accepted(Some(body)),
         429 | 502 | 503 | 504 => Sent::Transient {
             reason: detail(),
             retry_after,

@@ -21,8 +21,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf::{Salt, HKDF_SHA256};
+
+use crate::format::Frame;
 
 /// Bytes an encrypted payload has beyond its plaintext: key id, nonce, tag.
 pub const SEAL_OVERHEAD: usize = 4 + NONCE_LEN + 16;
@@ -199,6 +202,37 @@ impl SegmentKey {
     }
 }
 
+/// The key of the segment whose records were opened last, kept for the next one
+/// (readers go through a segment's records in order).
+#[derive(Debug, Default)]
+pub struct KeyCache(Option<SegmentKey>);
+
+impl KeyCache {
+    /// Opens the sealed payload of `frame`, a frame of `segment` in the log
+    /// `wal_id`: the plaintext, or why not.
+    pub fn open(
+        &mut self,
+        ring: &KeyRing,
+        wal_id: &[u8; 16],
+        segment: u64,
+        frame: &Frame<'_>,
+    ) -> Result<Bytes, SealError> {
+        let key_id = sealed_key_id(frame.payload)?;
+        if self
+            .0
+            .as_ref()
+            .is_none_or(|k| k.segment() != segment || k.id() != key_id)
+        {
+            self.0 = Some(ring.segment_key(key_id, wal_id, segment)?);
+        }
+        let key = self.0.as_ref().expect("derived above");
+        let mut buf = frame.payload.to_vec();
+        let range = key.open(&FrameAad::of(frame), &mut buf)?;
+        buf.truncate(range.end);
+        Ok(Bytes::from(buf).slice(range.start..))
+    }
+}
+
 /// The key id a sealed payload names.
 pub fn sealed_key_id(sealed: &[u8]) -> Result<u32, SealError> {
     if sealed.len() < SEAL_OVERHEAD {
@@ -225,6 +259,18 @@ impl FrameAad {
         b.extend_from_slice(&(key.len() as u32).to_le_bytes());
         b.extend_from_slice(key);
         Self(b)
+    }
+
+    /// What a frame read back is bound to.
+    pub fn of(frame: &Frame<'_>) -> Self {
+        let h = &frame.header;
+        Self::new(
+            h.seq,
+            h.received_at_nanos,
+            h.span_count,
+            h.codec.0,
+            frame.key,
+        )
     }
 
     fn bytes(&self) -> &[u8] {

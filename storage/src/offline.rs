@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::crypto::{FrameAad, KeyRing, SealError, SegmentKey};
+use crate::crypto::{KeyCache, KeyRing, SealError};
 use crate::format::{Frame, SegmentHeader, FLAG_SEALED, SEGMENT_HEADER_LEN};
 use crate::fsutil::parse_segment_file_name;
 use crate::segment::{read_region, Lost, SegmentScan, Step};
@@ -173,7 +173,7 @@ pub fn scan_segment(
     with_payloads: bool,
     keys: Option<Keys<'_>>,
 ) -> SegmentContents {
-    let mut key_cache: Option<SegmentKey> = None;
+    let mut key_cache = KeyCache::default();
     let mut out = SegmentContents::default();
     let first = first_seq;
     let limit = bytes.len();
@@ -270,32 +270,16 @@ pub fn scan_segment(
 
 fn open_offline(
     keys: Option<Keys<'_>>,
-    cache: &mut Option<SegmentKey>,
+    cache: &mut KeyCache,
     segment: u64,
     frame: &Frame<'_>,
 ) -> Result<Bytes, SealError> {
-    let key_id = crate::crypto::sealed_key_id(frame.payload)?;
-    let Some(keys) = keys else {
-        return Err(SealError::MissingKey { key_id });
-    };
-    if cache
-        .as_ref()
-        .is_none_or(|k| k.segment() != segment || k.id() != key_id)
-    {
-        *cache = Some(keys.ring.segment_key(key_id, &keys.wal_id, segment)?);
+    match keys {
+        Some(k) => cache.open(k.ring, &k.wal_id, segment, frame),
+        None => Err(SealError::MissingKey {
+            key_id: crate::crypto::sealed_key_id(frame.payload)?,
+        }),
     }
-    let key = cache.as_ref().expect("derived above");
-    let aad = FrameAad::new(
-        frame.header.seq,
-        frame.header.received_at_nanos,
-        frame.header.span_count,
-        frame.header.codec.0,
-        frame.key,
-    );
-    let mut buf = frame.payload.to_vec();
-    let range = key.open(&aad, &mut buf)?;
-    buf.truncate(range.end);
-    Ok(Bytes::from(buf).slice(range.start..))
 }
 
 /// The record `seq`, with its payload, if it is on disk and intact (sealed records

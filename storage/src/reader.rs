@@ -18,9 +18,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::crypto::{FrameAad, SealError, SegmentKey};
+use crate::crypto::KeyCache;
 use crate::error::ReadError;
-use crate::format::{decode_header, Frame, FLAG_SEALED};
+use crate::format::{decode_header, FLAG_SEALED};
 use crate::segment::{read_region, InUseGuard, SegmentScan, Step as ScanStep, RECORDS_START};
 use crate::shared::{Shared, Watermark};
 use crate::types::{time_from_nanos, Gap, GapCause, LostRange, ReadItem, Record};
@@ -100,7 +100,7 @@ pub struct Reader {
     /// A cursor's reader skips the records acknowledged above its position.
     acked: Option<Arc<crate::cursor::CursorState>>,
     /// The key of the segment whose sealed records were read last.
-    key: Option<SegmentKey>,
+    key: KeyCache,
 }
 
 impl std::fmt::Debug for Reader {
@@ -120,7 +120,7 @@ impl Reader {
             next_seq: from_seq.max(1),
             pos: None,
             acked: None,
-            key: None,
+            key: KeyCache::default(),
         }
     }
 
@@ -383,7 +383,8 @@ impl Reader {
                 let key_start = offset + frame.header.header_len();
                 let key_end = key_start + frame.key.len();
                 let payload = if frame.header.flags & FLAG_SEALED != 0 {
-                    match unseal(&self.shared, &mut self.key, pos.segment, &frame) {
+                    let (ring, wal_id) = (&self.shared.cfg.keys, &self.shared.wal_id);
+                    match self.key.open(ring, wal_id, pos.segment, &frame) {
                         Ok(plain) => plain,
                         Err(e) => {
                             // A record whose CRCs pass but whose tag does not (or
@@ -541,38 +542,4 @@ impl Reader {
         self.next_seq = lost.last_seq + 1;
         Step::Item(ReadItem::Gap(gap))
     }
-}
-
-/// Opens a sealed record of `segment` (deriving the segment's key when the reader
-/// enters a new segment or meets another key id).
-pub(crate) fn unseal(
-    shared: &Shared,
-    cache: &mut Option<SegmentKey>,
-    segment: u64,
-    frame: &Frame<'_>,
-) -> Result<Bytes, SealError> {
-    let key_id = crate::crypto::sealed_key_id(frame.payload)?;
-    if cache
-        .as_ref()
-        .is_none_or(|k| k.segment() != segment || k.id() != key_id)
-    {
-        *cache = Some(
-            shared
-                .cfg
-                .keys
-                .segment_key(key_id, &shared.wal_id, segment)?,
-        );
-    }
-    let key = cache.as_ref().expect("derived above");
-    let aad = FrameAad::new(
-        frame.header.seq,
-        frame.header.received_at_nanos,
-        frame.header.span_count,
-        frame.header.codec.0,
-        frame.key,
-    );
-    let mut buf = frame.payload.to_vec();
-    let range = key.open(&aad, &mut buf)?;
-    buf.truncate(range.end);
-    Ok(Bytes::from(buf).slice(range.start..))
 }

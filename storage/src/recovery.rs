@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
 
 use crate::config::{FsyncPolicy, WalConfig};
-use crate::crypto::{FrameAad, KeyRing, SealError};
+use crate::crypto::{KeyCache, KeyRing, SealError};
 use crate::error::OpenError;
 use crate::format::{
     decode_frame, decode_header, resync, SegmentHeader, SegmentHeaderError, FLAG_SEALED,
@@ -629,16 +629,12 @@ fn first_record_opens(
     if f.header.flags & FLAG_SEALED == 0 {
         return Ok(false);
     }
-    let key = keys.segment_key(key_id, wal_id, first)?;
-    let aad = FrameAad::new(
-        f.header.seq,
-        f.header.received_at_nanos,
-        f.header.span_count,
-        f.header.codec.0,
-        f.key,
-    );
-    let mut payload = f.payload.to_vec();
-    key.open(&aad, &mut payload).map(|_| true)
+    if crate::crypto::sealed_key_id(f.payload)? != key_id {
+        return Ok(false);
+    }
+    KeyCache::default()
+        .open(keys, wal_id, first, &f)
+        .map(|_| true)
 }
 
 fn read_header(path: &Path, first: u64) -> Candidate {

@@ -156,104 +156,17 @@ pub async fn http_post(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Ht
     }
 }
 
-/// A request of `n` spans as an instrumented HTTP service sends them: random trace
-/// ids (a trace per 8 spans), random span ids, jittered timestamps, varying routes,
-/// status codes and user ids. Returns the request and its span ids.
+#[path = "../../benches/common/spans.rs"]
+mod spans;
+
+/// A request of `n` spans as an instrumented HTTP service sends them (the
+/// benchmarks' generator, `benches/common/spans.rs`): random trace ids (a trace per
+/// 8 spans), random span ids, jittered timestamps, varying routes and status codes.
+/// Returns the request and its span ids.
 pub fn realistic(n: usize, seed: u64) -> (Vec<u8>, Vec<String>) {
-    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
-    use opentelemetry_proto::tonic::trace::v1::Status;
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let s = |v: String| any_value::Value::StringValue(v);
-    let mut ids = Vec::new();
-    let mut trace_id = [0u8; 16];
-    let mut root = [0u8; 8];
-    let routes = [
-        "/api/v1/orders/{id}",
-        "/api/v1/cart",
-        "/api/v1/users/{id}/profile",
-        "/healthz",
-        "/api/v1/payments",
-    ];
-    let spans = (0..n)
-        .map(|i| {
-            if i % 8 == 0 {
-                rng.fill(&mut trace_id);
-                rng.fill(&mut root);
-            }
-            let mut span_id = [0u8; 8];
-            rng.fill(&mut span_id);
-            ids.push(super::backend::hex(&span_id));
-            let start = 1_700_000_000_000_000_000 + i as u64 * 1_000_000 + rng.u64(0..1_000_000);
-            let route = routes[rng.usize(0..routes.len())];
-            let code = [200, 200, 200, 201, 404, 500][rng.usize(0..6)];
-            Span {
-                trace_id: trace_id.to_vec(),
-                span_id: span_id.to_vec(),
-                parent_span_id: if i % 8 == 0 { vec![] } else { root.to_vec() },
-                name: format!("GET {route}"),
-                kind: if i % 8 == 0 { 2 } else { 3 },
-                start_time_unix_nano: start,
-                end_time_unix_nano: start + rng.u64(50_000..5_000_000),
-                attributes: vec![
-                    KeyValue {
-                        key: "http.request.method".into(),
-                        value: Some(AnyValue {
-                            value: Some(s("GET".into())),
-                        }),
-                        ..Default::default()
-                    },
-                    KeyValue {
-                        key: "url.path".into(),
-                        value: Some(AnyValue {
-                            value: Some(s(route.replace("{id}", &rng.u32(1..99_999).to_string()))),
-                        }),
-                        ..Default::default()
-                    },
-                    KeyValue {
-                        key: "http.response.status_code".into(),
-                        value: Some(AnyValue {
-                            value: Some(any_value::Value::IntValue(code)),
-                        }),
-                        ..Default::default()
-                    },
-                    KeyValue {
-                        key: "enduser.id".into(),
-                        value: Some(AnyValue {
-                            value: Some(s(format!("user-{}", rng.u32(1..5000)))),
-                        }),
-                        ..Default::default()
-                    },
-                    kv("server.address", "orders.shop.local"),
-                ],
-                status: Some(Status {
-                    message: String::new(),
-                    code: if code >= 500 { 2 } else { 1 },
-                }),
-                ..Default::default()
-            }
-        })
-        .collect();
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![
-                    kv("service.name", "orders"),
-                    kv("host.name", "edge-node-17"),
-                    kv("telemetry.sdk.language", "rust"),
-                ],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "io.opentelemetry.http".into(),
-                    version: "1.0.0".into(),
-                    ..Default::default()
-                }),
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
-    (req.encode_to_vec(), ids)
+    let (request, ids) = spans::request_with_ids(n, seed);
+    (
+        request,
+        ids.iter().map(|id| super::backend::hex(id)).collect(),
+    )
 }
