@@ -232,6 +232,11 @@ impl Metrics {
             live: Arc::new(Mutex::new(None)),
             registry: Registry::default(),
         };
+        // Exported from the start (0 bytes, ratio 1), before any record is stored.
+        for form in ["protobuf", "stored"] {
+            let _ = m.record_bytes.get_or_create(&FormLabel { form });
+        }
+        m.compression_ratio.set(1.0);
         let mut root = Registry::default();
         let registry = root.sub_registry_with_prefix("tracespool");
         registry.register(
