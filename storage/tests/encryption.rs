@@ -245,3 +245,35 @@ async fn a_sealed_payload_moved_to_another_seq_is_damage_not_data() {
     assert_eq!(ids, vec![0, 2, 3, 4, 5]);
     wal.close().await;
 }
+
+#[tokio::test]
+async fn a_log_of_the_previous_format_opens_reads_and_goes_on_in_version_3() {
+    use tracespool_storage::format::SegmentHeader;
+    let dir = tempfile::tempdir().unwrap();
+    // A log as the previous build left it: version-2 segment headers.
+    append_range(dir.path(), KeyRing::default(), 0..30).await;
+    let old = segment_files(dir.path());
+    assert!(old.len() > 1);
+    for seg in &old {
+        let bytes = std::fs::read(seg).unwrap();
+        let (h, v) = SegmentHeader::decode_versioned(&bytes).unwrap();
+        assert_eq!(v, 3);
+        overwrite(seg, 0, &h.encode_v2());
+    }
+    // This build reads it all, then writes on in a version-3 segment, sealed.
+    append_range(dir.path(), ring(&[(9, 0x99)], Some(9)), 30..40).await;
+    let mut cfg = small_config(dir.path());
+    cfg.keys = ring(&[(9, 0x99)], Some(9));
+    let (wal, _) = Wal::open(cfg).unwrap();
+    assert!(check_log(&wal, LEN, 40).is_empty());
+    wal.close().await;
+    for seg in segment_files(dir.path()) {
+        let bytes = std::fs::read(&seg).unwrap();
+        let (h, v) = SegmentHeader::decode_versioned(&bytes).unwrap();
+        if old.contains(&seg) {
+            assert_eq!((v, h.key_id), (2, 0), "{}", seg.display());
+        } else {
+            assert_eq!((v, h.key_id), (3, 9), "{}", seg.display());
+        }
+    }
+}
