@@ -556,6 +556,35 @@ mod tests {
     }
 
     #[test]
+    fn unzstd_bounds_output_stops_a_bomb_and_reports_damage() {
+        let data = vec![7u8; 100_000];
+        let z = zstd::bulk::compress(&data, 1).unwrap();
+        assert_eq!(&unzstd(&z, 100_000).unwrap()[..], &data[..]);
+        assert!(matches!(unzstd(&z, 99_999), Err(Rejection::TooLarge(_))));
+        // 256 MiB of zeros in a few KiB, without a recorded size: refused at the
+        // limit, having produced no more than it.
+        let mut bomb = Vec::new();
+        {
+            let mut e = zstd::stream::write::Encoder::new(&mut bomb, 3).unwrap();
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..256 {
+                e.write_all(&zeros).unwrap();
+            }
+            e.finish().unwrap();
+        }
+        assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+        assert!(matches!(
+            unzstd(&bomb, 1 << 20),
+            Err(Rejection::TooLarge(_))
+        ));
+        let e = unzstd(&z[..z.len() / 2], 1 << 20).unwrap_err();
+        assert!(
+            matches!(&e, Rejection::Invalid(m) if m.starts_with("invalid zstd body")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn gunzip_bounds_output_and_reports_truncation() {
         let data = vec![7u8; 100_000];
         let z = gz(&data);
