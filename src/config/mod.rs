@@ -305,6 +305,14 @@ pub struct DestinationConfig {
     /// Exports in flight at once; the cursor still advances in seq order.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
+    /// At most this many request bytes a second to this destination (after
+    /// compression, retries included); absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_egress_bytes_per_s: Option<ByteSize>,
+    /// With a limit: bytes that may go at once after a quiet spell (default: one
+    /// second's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_burst: Option<ByteSize>,
     #[serde(default)]
     pub retry: RetryConfig,
     /// For `https://` endpoints.
@@ -331,6 +339,8 @@ impl Default for DestinationConfig {
             timeout: default_timeout(),
             compression: default_compression(),
             max_in_flight: default_in_flight(),
+            max_egress_bytes_per_s: None,
+            egress_burst: None,
             retry: RetryConfig::default(),
             tls: DestinationTlsConfig::default(),
         }
@@ -799,6 +809,13 @@ fn dotted_keys(message: &str) -> String {
 }
 
 impl DestinationConfig {
+    /// The egress limit as a token bucket, if one is set.
+    pub fn egress_limit(&self) -> Option<crate::export::ratelimit::TokenBucket> {
+        let rate = self.max_egress_bytes_per_s?.0;
+        let burst = self.egress_burst.map(|b| b.0).unwrap_or(rate);
+        Some(crate::export::ratelimit::TokenBucket::new(rate, burst))
+    }
+
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
         let d = self;
@@ -821,6 +838,20 @@ impl DestinationConfig {
         }
         if d.timeout.0.is_zero() {
             return err(format!("{key}.timeout must be greater than 0"));
+        }
+        match (d.max_egress_bytes_per_s, d.egress_burst) {
+            (Some(ByteSize(0)), _) => {
+                return err(format!(
+                "{key}.max_egress_bytes_per_s must be greater than 0 (leave it out for no limit)"
+            ))
+            }
+            (None, Some(_)) => {
+                return err(format!("{key}.egress_burst needs max_egress_bytes_per_s"))
+            }
+            (_, Some(ByteSize(0))) => {
+                return err(format!("{key}.egress_burst must be greater than 0"))
+            }
+            _ => {}
         }
         if d.retry.initial_backoff.0.is_zero() || d.retry.max_backoff.0 < d.retry.initial_backoff.0
         {

@@ -600,3 +600,34 @@ fn encryption_mistakes_name_the_key_id_and_never_the_key() {
     let e = load_err("[storage]\ncompression = \"lz4\"\n", &[]);
     assert!(e.contains("compression"), "{e}");
 }
+
+#[test]
+fn egress_limits_load_and_their_mistakes_name_the_key() {
+    let dest = "[[destinations]]\nname = \"b\"\nendpoint = \"http://x:4317\"\n";
+    let f = file(&format!(
+        "{dest}max_egress_bytes_per_s = \"2MiB\"\negress_burst = \"64KiB\"\n"
+    ));
+    let cfg = Config::load(Some(f.path()), &env(&[])).unwrap();
+    assert_eq!(
+        cfg.destinations[0].max_egress_bytes_per_s,
+        Some(ByteSize(2 << 20))
+    );
+    assert!(cfg.destinations[0].egress_limit().is_some());
+    for (extra, want) in [
+        (
+            "max_egress_bytes_per_s = \"0\"\n",
+            "destinations[0].max_egress_bytes_per_s must be greater than 0",
+        ),
+        (
+            "egress_burst = \"1MiB\"\n",
+            "destinations[0].egress_burst needs max_egress_bytes_per_s",
+        ),
+        (
+            "max_egress_bytes_per_s = \"1MiB\"\negress_burst = \"0\"\n",
+            "destinations[0].egress_burst must be greater than 0",
+        ),
+    ] {
+        let e = load_err(&format!("{dest}{extra}"), &[]);
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+}

@@ -17,6 +17,7 @@ use tonic::Code;
 use tracespool_storage::Codec;
 
 use super::jetstream::JetStreamClient;
+use super::ratelimit::TokenBucket;
 use crate::config::{Compression, DestinationConfig, Protocol};
 use crate::otlp::codec::{RawCodec, EXPORT_PATH};
 use crate::otlp::partial_success;
@@ -108,6 +109,7 @@ impl Client {
                     headers,
                     timeout,
                     compression: cfg.compression,
+                    limit: cfg.egress_limit().map(Arc::new),
                 }))
             }
             Protocol::Jetstream => Ok(Self::JetStream(Arc::new(JetStreamClient::new(
@@ -137,6 +139,7 @@ impl Client {
                     headers,
                     timeout,
                     encoding: cfg.compression.wire(),
+                    limit: cfg.egress_limit().map(Arc::new),
                 })))
             }
         }
@@ -188,6 +191,14 @@ pub struct GrpcClient {
     headers: MetadataMap,
     timeout: Duration,
     compression: Compression,
+    limit: Option<Arc<TokenBucket>>,
+}
+
+/// Waits for the egress limit (if any) to allow `bytes`.
+async fn pace(limit: &Option<Arc<TokenBucket>>, bytes: usize) {
+    if let Some(l) = limit {
+        l.take(bytes as u64).await;
+    }
 }
 
 impl GrpcClient {
@@ -207,6 +218,7 @@ impl GrpcClient {
         };
         let key = export.key;
         let wire = payload.len() as u64;
+        pace(&self.limit, payload.len()).await;
         let mut grpc = tonic::client::Grpc::new(self.channel.clone())
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
@@ -244,6 +256,7 @@ impl GrpcClient {
     async fn send_framed(&self, message: Bytes, encoding: Encoding, key: &str) -> (Sent, u64) {
         use tower::{Service, ServiceExt};
         let wire = message.len() as u64;
+        pace(&self.limit, message.len()).await;
         let mut frame = Vec::with_capacity(5 + message.len());
         frame.push(u8::from(encoding != Encoding::Identity));
         frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
@@ -393,6 +406,7 @@ pub struct HttpClient {
     headers: http::HeaderMap,
     timeout: Duration,
     encoding: Encoding,
+    limit: Option<Arc<TokenBucket>>,
 }
 
 impl HttpClient {
@@ -403,6 +417,7 @@ impl HttpClient {
             Err(e) => return unreadable(export.seq, e),
         };
         let wire = body.len() as u64;
+        pace(&self.limit, body.len()).await;
         let mut req = http::Request::post(self.uri.clone());
         if let Some(h) = req.headers_mut() {
             *h = self.headers.clone();

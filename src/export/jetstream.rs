@@ -49,6 +49,8 @@ pub struct JetStreamClient {
     /// `create_stream`); while it is not, the last failed check and when, so that
     /// every record in flight does not ask the servers again at once.
     stream: Mutex<StreamCheck>,
+    /// `max_egress_bytes_per_s`, on the message bytes.
+    limit: Option<super::ratelimit::TokenBucket>,
 }
 
 impl JetStreamClient {
@@ -58,6 +60,7 @@ impl JetStreamClient {
             instance_id: instance_id.to_string(),
             context: OnceCell::new(),
             stream: Mutex::new(StreamCheck::default()),
+            limit: cfg.egress_limit(),
         }
     }
 
@@ -227,6 +230,9 @@ impl JetStreamClient {
             } else {
                 self.subject(&export.payload)
             };
+        if let Some(l) = &self.limit {
+            l.take(export.payload.len() as u64).await;
+        }
         let sent = match js
             .publish_with_headers(subject, headers, export.payload)
             .await

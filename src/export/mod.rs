@@ -29,6 +29,7 @@
 
 pub mod client;
 pub mod jetstream;
+pub mod ratelimit;
 pub mod retry;
 pub mod tls;
 

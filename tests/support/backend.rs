@@ -32,6 +32,9 @@ pub enum Mode {
     Unauthenticated,
     /// Accept, but report this many spans rejected (partial success).
     PartialReject(i64),
+    /// Answer every n-th request that arrives UNAVAILABLE / 503 (retried), accept
+    /// the others.
+    FailEvery(usize),
 }
 
 /// One accepted request.
@@ -73,6 +76,8 @@ struct State {
 pub struct WireBody {
     pub encoding: String,
     pub body: Vec<u8>,
+    /// When it arrived (all of it).
+    pub at: std::time::Instant,
 }
 
 pub struct Backend {
@@ -392,6 +397,7 @@ async fn record_wire(
         Kind::Http => WireBody {
             encoding: header("content-encoding"),
             body: bytes.to_vec(),
+            at: std::time::Instant::now(),
         },
         Kind::Grpc => WireBody {
             encoding: if bytes.first() == Some(&1) {
@@ -400,6 +406,7 @@ async fn record_wire(
                 "identity".into()
             },
             body: bytes.get(5..).unwrap_or_default().to_vec(),
+            at: std::time::Instant::now(),
         },
     };
     state.wire.lock().unwrap().push(wire);
@@ -426,8 +433,10 @@ fn decide(state: &State, key: Option<String>, body: &[u8]) -> Answer {
         Ok(r) => r,
         Err(e) => return Answer::Invalid(format!("backend cannot decode: {e}")),
     };
+    let arrived = state.attempts.lock().unwrap().len();
     match mode {
         Mode::Unavailable => return Answer::Unavailable,
+        Mode::FailEvery(n) if arrived.is_multiple_of(n) => return Answer::Unavailable,
         Mode::BlackHole => return Answer::Never,
         Mode::Unauthenticated => return Answer::Unauthenticated,
         _ => {}
