@@ -37,16 +37,24 @@ pub enum DropReason {
     Corruption,
     /// Refused permanently by the destination; kept as a dead letter.
     DeadLetter,
+    /// Older than the destination's `max_age` when its turn came.
+    Expired,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [Self::DropOldest, Self::Corruption, Self::DeadLetter];
+    pub const ALL: [DropReason; 4] = [
+        Self::DropOldest,
+        Self::Corruption,
+        Self::DeadLetter,
+        Self::Expired,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::DropOldest => "drop_oldest",
             Self::Corruption => "corruption",
             Self::DeadLetter => "dead_letter",
+            Self::Expired => "expired",
         }
     }
 }
@@ -345,6 +353,28 @@ impl Accounts {
             attempts,
             reason = %reason,
             "destination refused the batch permanently; kept as a dead letter"
+        );
+        Ok(())
+    }
+
+    /// `record` was older than `destination`'s `max_age` when its turn came: given
+    /// up for it, written to the ledger (a `dropped` entry, reason `expired`) and
+    /// counted. The worker logs it (throttled: a backlog can expire by the
+    /// thousand).
+    pub fn expired(&self, destination: &str, record: &Record) -> io::Result<()> {
+        self.ledger.write(&Entry::Dropped {
+            t: now_ms(),
+            reason: DropReason::Expired.as_str().into(),
+            destination: Some(destination.to_string()),
+            first_seq: record.seq,
+            last_seq: record.seq,
+            spans: Some(record.span_count as u64),
+        })?;
+        self.dropped(
+            DropReason::Expired,
+            destination,
+            1,
+            record.span_count as u64,
         );
         Ok(())
     }

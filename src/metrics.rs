@@ -8,7 +8,7 @@
 //! | `tracespool_spans_received_total` | protocol | spans in valid requests |
 //! | `tracespool_spans_persisted_total` | | spans durable in the log |
 //! | `tracespool_spans_delivered_total` | destination | spans a backend accepted |
-//! | `tracespool_spans_dropped_total` | reason, destination | drop_oldest, corruption, dead_letter |
+//! | `tracespool_spans_dropped_total` | reason, destination | drop_oldest, corruption, dead_letter, expired |
 //! | `tracespool_records_dropped_total` | reason, destination | the same in records (batches) |
 //! | `tracespool_spans_delivered_after_eviction_total` | destination | counted as drop_oldest, then delivered after all |
 //! | `tracespool_spans_rejected_by_backend_total` | destination | partial success `rejected_spans` |
@@ -271,7 +271,7 @@ impl Metrics {
         );
         registry.register(
             "spans_dropped",
-            "Spans given up for a destination: evicted by drop_oldest, lost to corruption, or refused permanently (dead letter)",
+            "Spans given up for a destination: evicted by drop_oldest, lost to corruption, refused permanently (dead letter), or older than max_age (expired)",
             m.spans_dropped.clone(),
         );
         registry.register(

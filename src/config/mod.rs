@@ -313,6 +313,11 @@ pub struct DestinationConfig {
     /// second's worth).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_burst: Option<ByteSize>,
+    /// Records older than this (since they were received) when their turn comes
+    /// are given up for this destination as `expired` (counted, in the ledger);
+    /// absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Dur>,
     #[serde(default)]
     pub retry: RetryConfig,
     /// For `https://` endpoints.
@@ -341,6 +346,7 @@ impl Default for DestinationConfig {
             max_in_flight: default_in_flight(),
             max_egress_bytes_per_s: None,
             egress_burst: None,
+            max_age: None,
             retry: RetryConfig::default(),
             tls: DestinationTlsConfig::default(),
         }
@@ -852,6 +858,11 @@ impl DestinationConfig {
                 return err(format!("{key}.egress_burst must be greater than 0"))
             }
             _ => {}
+        }
+        if d.max_age.is_some_and(|a| a.0.is_zero()) {
+            return err(format!(
+                "{key}.max_age must be greater than 0 (leave it out to keep records until delivered)"
+            ));
         }
         if d.retry.initial_backoff.0.is_zero() || d.retry.max_backoff.0 < d.retry.initial_backoff.0
         {

@@ -631,3 +631,19 @@ fn egress_limits_load_and_their_mistakes_name_the_key() {
         assert!(e.contains(want), "{extra}: {e}");
     }
 }
+
+#[test]
+fn max_age_loads_and_zero_is_refused() {
+    let dest = "[[destinations]]\nname = \"b\"\nendpoint = \"http://x:4317\"\n";
+    let f = file(&format!("{dest}max_age = \"36h\"\n"));
+    let cfg = Config::load(Some(f.path()), &env(&[])).unwrap();
+    assert_eq!(
+        cfg.destinations[0].max_age.map(|d| d.0),
+        Some(Duration::from_secs(36 * 3600))
+    );
+    let e = load_err(&format!("{dest}max_age = \"0s\"\n"), &[]);
+    assert!(
+        e.contains("destinations[0].max_age must be greater than 0"),
+        "{e}"
+    );
+}

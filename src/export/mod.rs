@@ -71,6 +71,18 @@ pub fn export_key(record: &Record, instance_id: &str) -> String {
 pub struct DestinationStatus {
     pub last_success_ms: AtomicU64,
     pub last_error: Mutex<Option<(u64, String)>>,
+    /// Records expired (`max_age`) since the last log line about it: the seq range
+    /// and counts, logged at most once a second.
+    expired: Mutex<ExpiredRun>,
+}
+
+#[derive(Debug, Default)]
+struct ExpiredRun {
+    first_seq: u64,
+    last_seq: u64,
+    records: u64,
+    spans: u64,
+    logged: Option<Instant>,
 }
 
 pub struct Worker {
@@ -300,6 +312,53 @@ impl Worker {
         }
     }
 
+    /// Older than `max_age` now (checked before every attempt: a record retried
+    /// past its age is given up too).
+    fn too_old(&self, record: &Record) -> bool {
+        self.cfg
+            .max_age
+            .is_some_and(|max| record.received_at.elapsed().is_ok_and(|age| age > max.0))
+    }
+
+    /// Expired records are logged as runs: at most one line a second with the seq
+    /// range and counts since the last, and what is left of a run when the next
+    /// record that is not expired comes (`None`).
+    fn log_expired(&self, record: Option<&Record>) {
+        let mut run = self.status.expired.lock().unwrap();
+        match record {
+            Some(r) => {
+                if run.records == 0 {
+                    run.first_seq = r.seq;
+                }
+                run.first_seq = run.first_seq.min(r.seq);
+                run.last_seq = run.last_seq.max(r.seq);
+                run.records += 1;
+                run.spans += r.span_count as u64;
+            }
+            None if run.records == 0 => return,
+            None => {}
+        }
+        if record.is_none()
+            || run
+                .logged
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                destination = %self.name,
+                first_seq = run.first_seq,
+                last_seq = run.last_seq,
+                records = run.records,
+                spans = run.spans,
+                max_age = %humantime::format_duration(self.cfg.max_age.map(|d| d.0).unwrap_or_default()),
+                "records older than max_age given up for this destination (expired; in the audit ledger)"
+            );
+            *run = ExpiredRun {
+                logged: Some(Instant::now()),
+                ..Default::default()
+            };
+        }
+    }
+
     fn failed(&self, reason: &str) {
         *self.status.last_error.lock().unwrap() = Some((now_ms(), reason.to_string()));
     }
@@ -329,7 +388,16 @@ impl Worker {
             self.cfg.retry.initial_backoff.0,
             self.cfg.retry.max_backoff.0,
         );
+        self.log_expired(None);
         loop {
+            if self.too_old(&record) {
+                let expired = || self.accounts.expired(&self.name, &record);
+                if self.record(expired, stop).await {
+                    self.log_expired(Some(&record));
+                    self.commit(&record, "expired", stop, commits).await;
+                }
+                return;
+            }
             let attempt = backoff.attempts() + 1;
             let started = Instant::now();
             let export = Export {
