@@ -268,6 +268,81 @@ async fn latency(
     println!("   CPU: tracespool {cpu3:.0}% of one core (receiving and forwarding), load generator and sink {own3:.0}%");
 }
 
+/// The sink on a port of its own: its counters, its address, its task.
+async fn start_sink() -> (Arc<SinkStats>, SocketAddr, tokio::task::JoinHandle<()>) {
+    let stats = Arc::new(SinkStats::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sink = ExportService::new(Sink(stats.clone()), 64 << 20);
+    let server = tokio::spawn(async move {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let _ = tonic::transport::Server::builder()
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            .add_service(sink)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    (stats, addr, server)
+}
+
+/// `--concurrency` clients each sending the next request as soon as the last is
+/// answered, until stopped.
+struct ClosedLoop {
+    acked: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ClosedLoop {
+    async fn start(o: &Opts, grpc: SocketAddr, http: SocketAddr, bodies: &[Bytes]) -> Self {
+        let acked = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for c in 0..o.concurrency {
+            let mut client = Client::new(&o.protocol, grpc, http).await;
+            let (acked, refused, stop, bodies) = (
+                acked.clone(),
+                refused.clone(),
+                stop.clone(),
+                bodies.to_vec(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut i = c;
+                while !stop.load(Ordering::Relaxed) {
+                    if client.send(&bodies[i % bodies.len()]).await {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        Self {
+            acked,
+            refused,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Stops the clients; requests acknowledged and refused.
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        (
+            self.acked.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+}
+
 // ---- tracespool process ----
 
 fn tracespool_binary() -> PathBuf {
@@ -405,20 +480,7 @@ async fn run(o: Opts, bin: PathBuf) {
     let dir = tempfile::tempdir_in(&base_dir).unwrap();
     let disk = baseline(dir.path());
 
-    let sink_stats = Arc::new(SinkStats::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sink_addr = listener.local_addr().unwrap();
-    let sink = ExportService::new(Sink(sink_stats.clone()), 64 << 20);
-    tokio::spawn(async move {
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let _ = tonic::transport::Server::builder()
-            .initial_stream_window_size(4 << 20)
-            .initial_connection_window_size(16 << 20)
-            .add_service(sink)
-            .serve_with_incoming(incoming)
-            .await;
-    });
+    let (sink_stats, sink_addr, _sink) = start_sink().await;
 
     let (mut child, grpc, http) = start_tracespool(&bin, dir.path(), sink_addr);
     let pid = child.id();
@@ -435,27 +497,8 @@ async fn run(o: Opts, bin: PathBuf) {
     println!("baseline: write_all + sync_data of 1 MiB chunks: {disk:.0} MB/s");
 
     // 1. Maximum durable ingest during an outage, until the backlog is reached.
-    let acked = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..o.concurrency {
-        let mut client = Client::new(&o.protocol, grpc, http).await;
-        let (acked, failed, stop, bodies) =
-            (acked.clone(), failed.clone(), stop.clone(), bodies.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = c;
-            while !stop.load(Ordering::Relaxed) {
-                if client.send(&bodies[i % bodies.len()]).await {
-                    acked.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                i += 1;
-            }
-        }));
-    }
+    let clients = ClosedLoop::start(&o, grpc, http, &bodies).await;
     let wal = dir.path().join("data/wal");
     let mut peak_rss = 0;
     let (cpu0, own0) = (cpu_time(pid), cpu_time(std::process::id()));
@@ -463,10 +506,7 @@ async fn run(o: Opts, bin: PathBuf) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         peak_rss = peak_rss.max(status_kib(pid, "VmRSS:"));
     }
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
+    let (requests, refused) = clients.stop().await;
     let ingest_secs = started.elapsed().as_secs_f64();
     let cpu1 = cpu_time(pid).saturating_sub(cpu0).as_secs_f64() / ingest_secs * 100.0;
     let own1 = cpu_time(std::process::id())
@@ -474,7 +514,6 @@ async fn run(o: Opts, bin: PathBuf) {
         .as_secs_f64()
         / ingest_secs
         * 100.0;
-    let requests = acked.load(Ordering::Relaxed);
     let spans = requests * o.batch as u64;
     let ingest_sps = spans as f64 / ingest_secs;
     let ingest_mbps = (requests * req_bytes) as f64 / ingest_secs / 1e6;
@@ -483,7 +522,7 @@ async fn run(o: Opts, bin: PathBuf) {
         "1. durable ingest (sink down): {spans} spans in {ingest_secs:.1} s = {:.0} spans/s, {ingest_mbps:.0} MB/s ({:.2} x disk baseline); {} refused; backlog {} MiB",
         ingest_sps,
         ingest_mbps / disk,
-        failed.load(Ordering::Relaxed),
+        refused,
         backlog >> 20
     );
     println!("   CPU: tracespool {cpu1:.0}% of one core, load generator {own1:.0}%");
@@ -607,48 +646,17 @@ async fn codec_run(
     env: &[(&str, &str)],
 ) -> CodecFigures {
     let dir = tempfile::tempdir_in(base_dir).unwrap();
-    let sink_stats = Arc::new(SinkStats::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sink_addr = listener.local_addr().unwrap();
-    let sink = ExportService::new(Sink(sink_stats.clone()), 64 << 20);
-    let server = tokio::spawn(async move {
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let _ = tonic::transport::Server::builder()
-            .initial_stream_window_size(4 << 20)
-            .initial_connection_window_size(16 << 20)
-            .add_service(sink)
-            .serve_with_incoming(incoming)
-            .await;
-    });
+    let (sink_stats, sink_addr, server) = start_sink().await;
     let (mut child, grpc, http) =
         start_tracespool_with(bin, dir.path(), sink_addr, storage, dest, env);
     let pid = child.id();
-    let acked = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let cpu0 = cpu_time(pid);
-    let mut tasks = Vec::new();
-    for c in 0..o.concurrency {
-        let mut client = Client::new(&o.protocol, grpc, http).await;
-        let (acked, stop, bodies) = (acked.clone(), stop.clone(), bodies.to_vec());
-        tasks.push(tokio::spawn(async move {
-            let mut i = c;
-            while !stop.load(Ordering::Relaxed) {
-                if client.send(&bodies[i % bodies.len()]).await {
-                    acked.fetch_add(1, Ordering::Relaxed);
-                }
-                i += 1;
-            }
-        }));
-    }
+    let clients = ClosedLoop::start(o, grpc, http, bodies).await;
     tokio::time::sleep(o.max_duration).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
+    let (requests, _) = clients.stop().await;
     let secs = started.elapsed().as_secs_f64();
-    let spans = acked.load(Ordering::Relaxed) * o.batch as u64;
+    let spans = requests * o.batch as u64;
     let ingest_cpu = cpu_time(pid).saturating_sub(cpu0).as_secs_f64();
     let disk_bytes = dir_size(&dir.path().join("data/wal"));
 

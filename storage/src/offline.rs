@@ -130,6 +130,16 @@ pub struct Unopened {
     pub error: SealError,
 }
 
+impl Unopened {
+    /// The error a reader that needed the record reports: its seq, segment and why.
+    pub fn to_io_error(&self) -> io::Error {
+        io::Error::other(format!(
+            "record seq {} (segment {:020}.seg) cannot be decrypted: {}",
+            self.seq, self.segment, self.error
+        ))
+    }
+}
+
 /// How the offline readers open sealed records: the keys, and the log's identity
 /// (the segment keys are derived from it).
 #[derive(Clone, Copy, Debug)]
@@ -336,10 +346,7 @@ pub fn for_each_record(
             .iter()
             .find(|u| (from..=to).contains(&u.seq))
         {
-            return Err(io::Error::other(format!(
-                "record seq {} (segment {:020}.seg) cannot be decrypted: {}",
-                u.seq, u.segment, u.error
-            )));
+            return Err(u.to_io_error());
         }
         damage.extend(contents.damage);
         for r in contents.records {
