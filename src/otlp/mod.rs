@@ -10,10 +10,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 
-/// The record codec for "OTLP `ExportTraceServiceRequest`, protobuf, uncompressed"
-/// (see `storage/FORMAT.md`).
-pub const CODEC_OTLP_TRACES_PROTOBUF: tracespool_storage::Codec = crate::payload::PROTOBUF;
-
 /// `partial_success.rejected_spans` and its message, from an export response body
 /// (absent or empty body: everything accepted).
 pub fn partial_success(response: &[u8]) -> Option<(i64, String)> {
