@@ -423,6 +423,25 @@ impl Cursor {
         Reader::new(self.shared.clone(), self.position() + 1).skipping_acked(self.state.clone())
     }
 
+    /// A reader of `first..=last` only (stopping there, [`Reader::is_done`]), which
+    /// skips the records acknowledged: one lane of a consumer that reads its
+    /// backlog apart from its live records.
+    pub fn reader_between(&self, first: u64, last: u64) -> Reader {
+        Reader::new(self.shared.clone(), first)
+            .until(last)
+            .skipping_acked(self.state.clone())
+    }
+
+    /// `first..=last` newest first, skipping the records acknowledged.
+    pub fn newest_first(&self, first: u64, last: u64) -> crate::NewestFirst {
+        crate::NewestFirst::new(self.shared.clone(), self.state.clone(), first, last)
+    }
+
+    /// The seq of the newest record the log made visible.
+    pub fn last_seq(&self) -> u64 {
+        self.shared.watermark.borrow().last_seq
+    }
+
     /// Whether `seq` was evicted by `drop_oldest` (it is no longer on disk; a
     /// consumer still holding it may deliver it, or give up on it).
     pub fn is_evicted(&self, seq: u64) -> bool {

@@ -11,6 +11,7 @@
 //! | `writer`     | the writer thread, by step: `commit` (W1–W3), `segments` (S1, C1–C5), `budget` (room, eviction) |
 //! | `recovery`   | opening: header checks, tail scan, torn-tail cut, the next seq     |
 //! | `reader`     | in-order reads with `pread`, gaps for damage, evictions, skips     |
+//! | `reverse`    | a range newest first, in chunks read forwards                      |
 //! | [`crypto`]   | encryption at rest: AES-256-GCM per record under a key per segment |
 //! | `cursor`     | named durable positions with out-of-order acks, in their own files |
 //! | `state`      | `wal.state`: the log's identity and the bound on assigned seqs     |
@@ -37,6 +38,7 @@ pub mod offline;
 mod queue;
 mod reader;
 mod recovery;
+mod reverse;
 mod segment;
 mod shared;
 mod slots;
@@ -55,6 +57,7 @@ pub use format::{Codec, MAX_KEY_LEN};
 /// (ledger, state, dead letters) use the same helpers as the log.
 pub use fsutil::{available_bytes, ensure_dir, sync_dir};
 pub use reader::Reader;
+pub use reverse::NewestFirst;
 pub use types::{
     Appended, CursorLoss, CursorStart, EventHook, Eviction, Gap, GapCause, LostRange, NewRecord,
     Quarantine, ReadItem, Record, RecoveryReport, SkippedSeqs, TornTail, WalEvent, WalStats,

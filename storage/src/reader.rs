@@ -101,6 +101,15 @@ pub struct Reader {
     acked: Option<Arc<crate::cursor::CursorState>>,
     /// The key of the segment whose sealed records were read last.
     key: KeyCache,
+    /// The last seq this reader returns (a bounded reader, [`Reader::until`]).
+    until: u64,
+    /// Where to start in the segment holding `next_seq`, when known: (segment,
+    /// file offset of the frame of `next_seq`) — from [`Reader::location`].
+    hint: Option<(u64, usize)>,
+    /// (segment, file offset) of the frame of the last record returned.
+    location: Option<(u64, usize)>,
+    /// Sealed payloads are returned sealed (a walk that only wants locations).
+    locate_only: bool,
 }
 
 impl std::fmt::Debug for Reader {
@@ -121,7 +130,44 @@ impl Reader {
             pos: None,
             acked: None,
             key: KeyCache::default(),
+            until: u64::MAX,
+            hint: None,
+            location: None,
+            locate_only: false,
         }
+    }
+
+    /// A reader that stops after `last_seq`: gaps are cut at it, and
+    /// [`Reader::is_done`] says when it got there.
+    pub fn until(mut self, last_seq: u64) -> Self {
+        self.until = last_seq;
+        self
+    }
+
+    /// Starts at the frame at `offset` of `segment`, which holds the reader's first
+    /// seq (a [`Reader::location`] of an earlier read), instead of walking the
+    /// segment from its start. A hint that turns out wrong is found by the frame
+    /// checks like any damage, so only use one from a read of this log.
+    pub(crate) fn at(mut self, segment: u64, offset: usize) -> Self {
+        self.hint = Some((segment, offset));
+        self
+    }
+
+    /// Sealed records are returned with their payload as stored (not decrypted):
+    /// for walks that only want [`Reader::location`]s.
+    pub(crate) fn locate_only(mut self) -> Self {
+        self.locate_only = true;
+        self
+    }
+
+    /// (segment, file offset) of the last record returned.
+    pub(crate) fn location(&self) -> Option<(u64, usize)> {
+        self.location
+    }
+
+    /// A bounded reader has returned everything up to its last seq.
+    pub fn is_done(&self) -> bool {
+        self.next_seq > self.until
     }
 
     /// A reader that does not return records `cursor` has already acknowledged.
@@ -152,7 +198,7 @@ impl Reader {
     pub fn try_next(&mut self) -> Result<Option<ReadItem>, ReadError> {
         loop {
             let wm = *self.wm.borrow_and_update();
-            if self.next_seq > wm.last_seq {
+            if self.next_seq > wm.last_seq.min(self.until) {
                 return Ok(None);
             }
             let evicted_below = self.shared.evicted_below();
@@ -170,23 +216,39 @@ impl Reader {
                 let to = evicted_below
                     .max(first_on_disk.unwrap_or(0))
                     .min(wm.last_seq + 1);
-                return Ok(Some(self.skip_to(to, GapCause::NotRetained)));
+                let gap = self.skip_to(to, GapCause::NotRetained);
+                return Ok(Some(self.cut(gap)));
             }
             if self.pos.is_none() {
                 if let Some(gap) = self.position()? {
-                    return Ok(Some(gap));
+                    return Ok(Some(self.cut(gap)));
                 }
                 if self.pos.is_none() {
                     return Ok(None);
                 }
             }
             match self.step(&wm)? {
+                Step::Item(ReadItem::Record(r)) if r.seq > self.until => {
+                    self.next_seq = self.until.saturating_add(1);
+                    return Ok(None);
+                }
                 Step::Item(ReadItem::Record(r))
                     if self.acked.as_ref().is_some_and(|c| c.is_acked(r.seq)) => {}
-                Step::Item(item) => return Ok(Some(item)),
+                Step::Item(item) => return Ok(Some(self.cut(item))),
                 Step::Again => {}
                 Step::Idle => return Ok(None),
             }
+        }
+    }
+
+    /// A gap running past a bounded reader's last seq ends at it.
+    fn cut(&self, item: ReadItem) -> ReadItem {
+        match item {
+            ReadItem::Gap(mut gap) if gap.last_seq > self.until => {
+                gap.last_seq = self.until;
+                ReadItem::Gap(gap)
+            }
+            item => item,
         }
     }
 
@@ -253,14 +315,24 @@ impl Reader {
             let next_skipped_from = next_segment
                 .map(|n| self.shared.skipped_from(n))
                 .unwrap_or(0);
+            // A hint for this segment: its frame holds `next_seq`, so every frame
+            // before it held an earlier one.
+            let (offset, last_good) = match self.hint.take() {
+                Some((segment, offset))
+                    if segment == entry.first_seq && offset >= RECORDS_START =>
+                {
+                    (offset, self.next_seq - 1)
+                }
+                _ => (RECORDS_START, entry.first_seq - 1),
+            };
             self.pos = Some(Pos {
                 segment: entry.first_seq,
                 file,
                 window: Bytes::new(),
-                window_start: RECORDS_START,
+                window_start: offset,
                 unreadable: Vec::new(),
-                offset: RECORDS_START,
-                last_good: entry.first_seq - 1,
+                offset,
+                last_good,
                 sealed_len,
                 next_segment,
                 next_skipped_from,
@@ -382,7 +454,7 @@ impl Reader {
                 }
                 let key_start = offset + frame.header.header_len();
                 let key_end = key_start + frame.key.len();
-                let payload = if frame.header.flags & FLAG_SEALED != 0 {
+                let payload = if frame.header.flags & FLAG_SEALED != 0 && !self.locate_only {
                     let (ring, wal_id) = (&self.shared.cfg.keys, &self.shared.wal_id);
                     match self.key.open(ring, wal_id, pos.segment, &frame) {
                         Ok(plain) => plain,
@@ -415,6 +487,7 @@ impl Reader {
                 pos.offset = abs + len;
                 pos.last_good = seq;
                 self.next_seq = seq + 1;
+                self.location = Some((pos.segment, abs));
                 Ok(Step::Item(ReadItem::Record(record)))
             }
             ScanStep::End => Ok(self.segment_end()),
