@@ -376,11 +376,21 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
 
     let ready = Arc::new(Readiness::default());
     *ready.wal.lock().unwrap() = Some(wal.clone());
+    let dest_status: Vec<Arc<DestinationStatus>> = cfg
+        .destinations
+        .iter()
+        .map(|_| Arc::new(DestinationStatus::default()))
+        .collect();
+    let rates = Arc::new(crate::rates::Rates::new(
+        cfg.destinations.iter().map(|d| d.name.clone()).collect(),
+    ));
     {
         let dedup = dedup.clone();
         *metrics.live.lock().unwrap() = Some(crate::metrics::LiveState {
             wal: wal.clone(),
             cursors: cursors.clone(),
+            statuses: dest_status.clone(),
+            rates: rates.clone(),
             dedup_keys: Arc::new(move || dedup.keys()),
         });
     }
@@ -494,7 +504,7 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
     let dead_letters = DeadLetters::new(&dir).with_keys(cfg.storage.encryption.ring.clone());
     let mut workers = Stage::new("replay worker");
     let mut statuses = Vec::new();
-    for (d, cursor) in cfg.destinations.iter().zip(&cursors) {
+    for ((d, cursor), status) in cfg.destinations.iter().zip(&cursors).zip(dest_status) {
         if d.is_https() && d.tls.insecure_skip_verify {
             tracing::error!(
                 destination = %d.name,
@@ -504,7 +514,6 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
         }
         let client = Client::new(d, &instance_id)
             .map_err(|e| RunError::config(format!("destination {}", d.name), e))?;
-        let status = Arc::new(DestinationStatus::default());
         statuses.push((d.clone(), cursor.clone(), status.clone()));
         let worker = Worker {
             name: d.name.clone(),
@@ -526,11 +535,22 @@ pub async fn start(cfg: Config, control: Control) -> Result<Running, RunError> {
     let mut maintenance = Stage::new("maintenance");
     maintenance.spawn_unit(dedup::maintain(dedup.clone(), maintenance.token()));
     maintenance.spawn_unit(ledger::maintain(ledger.clone(), maintenance.token()));
+    maintenance.spawn_unit(crate::rates::run(
+        rates.clone(),
+        wal.clone(),
+        metrics.clone(),
+        statuses
+            .iter()
+            .map(|(_, c, s)| (c.clone(), s.clone()))
+            .collect(),
+        maintenance.token(),
+    ));
     maintenance.spawn_unit(write_state(
         dir.clone(),
         instance_id.clone(),
         wal.clone(),
         statuses.clone(),
+        rates.clone(),
         maintenance.token(),
     ));
     let events_task = tokio::spawn(log_events(events));
@@ -637,7 +657,16 @@ impl Running {
         if let Err(e) = wal.flush() {
             tracing::error!(error = %e, "flushing cursor positions at shutdown");
         }
-        let _ = crate::state::write(&dir, &state_now(&instance_id, &wal, &statuses, false));
+        let _ = crate::state::write(
+            &dir,
+            &state_now(
+                &instance_id,
+                &wal,
+                &statuses,
+                false,
+                &crate::rates::Rates::default(),
+            ),
+        );
         ledger.flush_tally();
         accounts.stopped();
         ledger.checkpoint();
@@ -712,8 +741,16 @@ fn state_now(
         Arc<DestinationStatus>,
     )],
     running: bool,
+    rates: &crate::rates::Rates,
 ) -> State {
     let stats = wal.stats();
+    let estimates = rates.estimates();
+    let eta = |i: usize| {
+        estimates
+            .as_ref()
+            .and_then(|e| e.catchup_seconds.get(i))
+            .map(|(_, s)| crate::state::Eta::from_seconds(*s))
+    };
     State {
         updated_ms: now_ms(),
         pid: std::process::id(),
@@ -726,11 +763,15 @@ fn state_now(
             first_seq: stats.first_seq,
             last_seq: stats.last_seq,
             failed: stats.failed.clone(),
+            budget_full_eta: estimates
+                .as_ref()
+                .map(|e| crate::state::Eta::from_seconds(e.budget_full_seconds)),
         },
         destinations: statuses
             .iter()
-            .map(|(cfg, cursor, status)| {
-                let b = wal.backlog(cursor.position());
+            .enumerate()
+            .map(|(i, (cfg, cursor, status))| {
+                let b = wal.backlog_of(cursor);
                 let last_error = status.last_error.lock().unwrap().clone();
                 let success = status.last_success_ms.load(Ordering::Relaxed);
                 DestinationState {
@@ -744,6 +785,8 @@ fn state_now(
                     last_success_ms: (success > 0).then_some(success),
                     last_error_ms: last_error.as_ref().map(|e| e.0),
                     last_error: last_error.map(|e| e.1),
+                    catchup_eta: eta(i),
+                    lanes: cfg.live_first.then(|| status.lanes.waiting(cursor)),
                 }
             })
             .collect(),
@@ -760,6 +803,7 @@ async fn write_state(
         Cursor,
         Arc<DestinationStatus>,
     )>,
+    rates: Arc<crate::rates::Rates>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -768,7 +812,7 @@ async fn write_state(
             _ = tick.tick() => {}
             _ = stop.cancelled() => break,
         }
-        let state = state_now(&instance_id, &wal, &statuses, true);
+        let state = state_now(&instance_id, &wal, &statuses, true, &rates);
         let dir = dir.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(e) = crate::state::write(&dir, &state) {

@@ -17,6 +17,7 @@
 //! | [`instance`] | the instance id used in export idempotency keys                      |
 //! | [`metrics`]  | Prometheus metrics; [`admin`]: /metrics, /healthz, /readyz           |
 //! | [`ledger`]   | the audit ledger and its reconciliation                              |
+//! | [`rates`]    | recent drain and growth rates: the catch-up and budget-full ETAs     |
 //! | [`state`]    | state.json: what a running forwarder publishes for the tools         |
 //! | [`tools`]    | `status`, `wal`, `audit`, `replay`, `dead-letter`                    |
 //! | [`pem`]      | PEM certificates, keys and CA bundles; the crypto provider (both sides) |
@@ -43,6 +44,7 @@ pub mod otlp;
 pub mod payload;
 pub mod pem;
 pub mod process;
+pub mod rates;
 pub mod receiver;
 pub mod state;
 pub mod status;

@@ -23,7 +23,11 @@
 //! | `tracespool_append_duration_seconds` | | receive → durable (the ack latency) |
 //! | `tracespool_wal_bytes`, `_budget_bytes`, `_segments` | | the log on disk |
 //! | `tracespool_wal_fsync_duration_seconds` | | each `fdatasync` of the log |
-//! | `tracespool_backlog_spans`, `_records`, `_bytes`, `_oldest_age_seconds` | destination | waiting for delivery |
+//! | `tracespool_backlog_spans`, `_records`, `_bytes`, `_oldest_age_seconds` | destination | waiting for delivery (not acknowledged) |
+//! | `tracespool_lane_backlog_records` | destination, lane | seqs each lane (`live`, `backlog`) still holds (`live_first`) |
+//! | `tracespool_drained_bytes_total` | destination | bytes (as stored) of the records that reached their end |
+//! | `tracespool_catchup_eta_seconds` | destination | backlog ÷ (drain − arrival rate) over the last 15 s (0: none; +Inf: not shrinking) |
+//! | `tracespool_budget_full_eta_seconds` | | budget left ÷ (arrival − slowest drain rate) over the last 15 s (+Inf: not growing) |
 //! | `tracespool_dead_letters_total` | destination | records refused permanently |
 //! | `tracespool_dedup_keys` | | idempotency keys remembered |
 //! | `tracespool_redacted_attributes_total` | rule | attributes a `redact` rule changed |
@@ -113,6 +117,12 @@ pub struct DestinationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    pub destination: String,
+    pub lane: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DestinationOutcome {
     pub destination: String,
     pub outcome: &'static str,
@@ -179,10 +189,20 @@ pub struct Metrics {
 pub struct LiveState {
     pub wal: tracespool_storage::Wal,
     pub cursors: Vec<tracespool_storage::Cursor>,
+    /// Beside each cursor, its destination's lanes and drained bytes.
+    pub statuses: Vec<Arc<crate::export::DestinationStatus>>,
+    pub rates: Arc<crate::rates::Rates>,
     pub dedup_keys: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
 impl Metrics {
+    /// Bytes of records as written (compressed) since start.
+    pub fn stored_bytes(&self) -> u64 {
+        self.record_bytes
+            .get_or_create(&FormLabel { form: "stored" })
+            .get()
+    }
+
     /// A record of `protobuf` bytes was stored as `stored` bytes.
     pub fn record_stored(&self, protobuf: u64, stored: u64) {
         // One guard at a time: a family's guard holds its lock.
@@ -592,7 +612,7 @@ impl Collector for LiveCollector {
         let mut bytes = Vec::new();
         let mut age = Vec::new();
         for c in &live.cursors {
-            let b = live.wal.backlog(c.position());
+            let b = live.wal.backlog_of(c);
             let name = c.name().to_string();
             spans.push((name.clone(), b.spans as f64));
             records.push((name.clone(), b.records as f64));
@@ -631,6 +651,55 @@ impl Collector for LiveCollector {
             Some(&Unit::Seconds),
             &age,
         )?;
+        {
+            let mut m = encoder.encode_descriptor(
+                "lane_backlog_records",
+                "Seqs each lane still holds (live_first: live and backlog)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (c, st) in live.cursors.iter().zip(&live.statuses) {
+                let (l, b) = st.lanes.waiting(c);
+                for (lane, v) in [("live", l), ("backlog", b)] {
+                    let label = LaneLabel {
+                        destination: c.name().to_string(),
+                        lane,
+                    };
+                    ConstGauge::new(v as f64).encode(m.encode_family(&label)?)?;
+                }
+            }
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "drained",
+                "Bytes (as stored) of the records that reached their end (delivered, dead-lettered, expired)",
+                Some(&Unit::Bytes),
+                MetricType::Counter,
+            )?;
+            for (c, st) in live.cursors.iter().zip(&live.statuses) {
+                let label = DestinationLabel {
+                    destination: c.name().to_string(),
+                };
+                ConstCounter::new(st.drained_bytes.load(Ordering::Relaxed))
+                    .encode(m.encode_family(&label)?)?;
+            }
+        }
+        if let Some(e) = live.rates.estimates() {
+            per_destination(
+                &mut encoder,
+                "catchup_eta",
+                "Backlog bytes over (its drain rate - the arrival rate) in the last 15 s (0: no backlog; +Inf: not shrinking)",
+                Some(&Unit::Seconds),
+                &e.catchup_seconds,
+            )?;
+            gauge(
+                &mut encoder,
+                "budget_full_eta",
+                "Budget left over (the arrival rate - the slowest destination's drain rate) in the last 15 s (+Inf: not growing)",
+                Some(&Unit::Seconds),
+                e.budget_full_seconds,
+            )?;
+        }
         gauge(
             &mut encoder,
             "dedup_keys",

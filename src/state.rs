@@ -29,6 +29,28 @@ pub struct WalState {
     pub first_seq: u64,
     pub last_seq: u64,
     pub failed: Option<String>,
+    /// When the budget fills at the last minute's rate (absent: not known yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_full_eta: Option<Eta>,
+}
+
+/// An estimate of when something happens.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Eta {
+    InSeconds(f64),
+    /// Not at the recent rate (the backlog does not shrink, the log does not grow).
+    Never,
+}
+
+impl Eta {
+    pub fn from_seconds(s: f64) -> Self {
+        if s.is_finite() {
+            Self::InSeconds(s)
+        } else {
+            Self::Never
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -44,6 +66,13 @@ pub struct DestinationState {
     pub last_success_ms: Option<u64>,
     pub last_error_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// When the backlog is drained at the last minute's rate (absent: not known
+    /// yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catchup_eta: Option<Eta>,
+    /// `live_first`: the seqs the live lane and the backlog lane still hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<(u64, u64)>,
 }
 
 pub fn write(data_dir: &Path, state: &State) -> io::Result<()> {

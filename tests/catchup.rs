@@ -197,3 +197,163 @@ async fn records_older_than_max_age_expire_counted_logged_and_audited() {
     assert_eq!(d["accepted"]["spans"], 24, "{summary:#}");
     spool.terminate();
 }
+
+/// The seq of a record from the idempotency key it was exported with
+/// (`<instance-id>-<seq>`).
+fn seq_of(key: &Option<String>) -> u64 {
+    key.as_deref()
+        .and_then(|k| k.rsplit('-').next())
+        .and_then(|s| s.parse().ok())
+        .expect("export key ends in the seq")
+}
+
+/// Fills `spool` with copies of a few realistic 512-span requests (each stored as
+/// its own record) until its log holds `bytes`; returns the records stored.
+async fn fill_backlog(spool: &Spool, bytes: f64) -> u64 {
+    let bodies: Vec<Vec<u8>> = (0..16).map(|i| raw::realistic(512, 7000 + i).0).collect();
+    let endpoint = spool.grpc_endpoint();
+    let mut records = 0u64;
+    while spool.metric("tracespool_wal_bytes").await < bytes {
+        let mut batch = tokio::task::JoinSet::new();
+        for c in 0..4 {
+            let (endpoint, bodies) = (endpoint.clone(), bodies.clone());
+            batch.spawn(async move {
+                for b in 0..25 {
+                    raw::grpc_export(&endpoint, bodies[(c * 25 + b) % 16].clone(), None)
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        while let Some(r) = batch.join_next().await {
+            r.unwrap();
+        }
+        records += 100;
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_first_sends_fresh_spans_within_two_seconds_while_a_gigabyte_backlog_drains() {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(Kind::Http).await;
+    backend.lean();
+    backend.set_mode(Mode::Unavailable);
+    let mut spool = Spool::new(
+        dir.path(),
+        "max_bytes = \"2GiB\"",
+        &[Dest::new("b", &backend.endpoint(), "http").with(
+            "live_first = true\nlive_lag = \"1s\"\nbacklog_share = 0.2\nmax_egress_bytes_per_s = \"32MiB\"",
+        )],
+    );
+    spool.start();
+    // The outage leaves more than a gigabyte behind.
+    let records = fill_backlog(&spool, GIB).await;
+    let backlog = spool
+        .metric("tracespool_backlog_bytes{destination=\"b\"}")
+        .await;
+    assert!(backlog >= GIB, "backlog {backlog}");
+    // The link returns; once the backlog drains, fresh spans are sent, one
+    // request a second.
+    backend.set_mode(Mode::Accept);
+    assert!(
+        support::eventually(Duration::from_secs(30), || !backend.arrivals().is_empty()).await,
+        "nothing delivered after the link returned"
+    );
+    let mut fresh = Vec::new();
+    for i in 0..6u64 {
+        let (body, ids) = raw::realistic(8, 900_000 + i);
+        let sent = Instant::now();
+        raw::grpc_export(&spool.grpc_endpoint(), body, None)
+            .await
+            .unwrap();
+        fresh.push((sent, ids));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Each fresh request arrived within 2 s of being sent…
+    let ids_at = |wanted: &str| {
+        let id: [u8; 8] = (0..8)
+            .map(|i| u8::from_str_radix(&wanted[2 * i..2 * i + 2], 16).unwrap())
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        backend
+            .arrivals()
+            .iter()
+            .find(|a| a.span_ids.contains(&id))
+            .map(|a| a.at)
+    };
+    let mut latest = Instant::now();
+    for (sent, ids) in &fresh {
+        assert!(
+            support::eventually(Duration::from_secs(5), || ids_at(&ids[0]).is_some()).await,
+            "a fresh span never arrived"
+        );
+        let at = ids_at(&ids[0]).unwrap();
+        let took = at.duration_since(*sent);
+        println!("fresh request delivered {took:?} after it was sent");
+        assert!(took < Duration::from_secs(2), "fresh spans took {took:?}");
+        latest = at;
+    }
+    // …while the backlog was still draining: records older than the last fresh
+    // arrival came after it.
+    let arrivals = backend.arrivals();
+    let later_old = arrivals
+        .iter()
+        .filter(|a| a.at > latest && seq_of(&a.key) <= records)
+        .count();
+    assert!(
+        later_old > 0,
+        "the backlog was through before the fresh spans"
+    );
+    let lanes = spool
+        .metric("tracespool_lane_backlog_records{destination=\"b\",lane=\"backlog\"}")
+        .await;
+    println!("backlog lane holds {lanes} records after the fresh spans");
+    // The catch-up ETA, once the rates' window holds only the drain, is about
+    // what is left at the limit.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let eta = spool
+            .metric("tracespool_catchup_eta_seconds{destination=\"b\"}")
+            .await;
+        let left = spool
+            .metric("tracespool_backlog_bytes{destination=\"b\"}")
+            .await;
+        let at_limit = left / (32.0 * 1024.0 * 1024.0);
+        println!("catch-up ETA {eta:.1} s with {left} bytes left ({at_limit:.1} s at the limit)");
+        if eta > at_limit * 0.5 && eta < at_limit * 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && left > 0.0,
+            "the catch-up ETA never came near the time left: {eta} s for {at_limit} s"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // The backlog finishes; every record arrived once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while spool
+        .metric("tracespool_backlog_records{destination=\"b\"}")
+        .await
+        > 0.0
+    {
+        assert!(Instant::now() < deadline, "the backlog never drained");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let arrivals = backend.arrivals();
+    let mut seqs: Vec<u64> = arrivals.iter().map(|a| seq_of(&a.key)).collect();
+    seqs.sort_unstable();
+    let total = records + fresh.len() as u64;
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "every record once");
+    let spans: usize = arrivals.iter().map(|a| a.span_ids.len()).sum();
+    assert_eq!(spans as u64, records * 512 + 6 * 8);
+    let (code, s) = spool.tool_json(&["audit", "summary"]).await;
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(s["balanced"], true, "{s:#}");
+    let d = &s["destinations"][0];
+    assert_eq!(d["delivered"]["spans"], spans as u64, "{s:#}");
+    assert_eq!(d["accepted"]["spans"], spans as u64, "{s:#}");
+    spool.terminate();
+}

@@ -318,6 +318,24 @@ pub struct DestinationConfig {
     /// absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Dur>,
+    /// Two lanes: records the live lane reaches within `live_lag` of their arrival
+    /// are sent at once; when it falls further behind (an outage, a restart on a
+    /// backlog), what it has not reached becomes backlog, drained by a lane of its
+    /// own with what the live lane leaves.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live_first: bool,
+    /// With `live_first`: how far behind arrival the live lane may be before it
+    /// leaves what it has not reached to the backlog lane.
+    #[serde(default = "default_live_lag")]
+    pub live_lag: Dur,
+    /// With `live_first` and a rate limit: the share of `max_egress_bytes_per_s`
+    /// the backlog lane gets even while the live lane wants it all (it gets
+    /// whatever the live lane leaves besides), 0 < share < 1.
+    #[serde(default = "default_backlog_share")]
+    pub backlog_share: f64,
+    /// With `live_first`: the order the backlog lane sends in.
+    #[serde(default)]
+    pub backlog_order: BacklogOrder,
     #[serde(default)]
     pub retry: RetryConfig,
     /// For `https://` endpoints.
@@ -347,6 +365,10 @@ impl Default for DestinationConfig {
             max_egress_bytes_per_s: None,
             egress_burst: None,
             max_age: None,
+            live_first: false,
+            live_lag: default_live_lag(),
+            backlog_share: default_backlog_share(),
+            backlog_order: BacklogOrder::default(),
             retry: RetryConfig::default(),
             tls: DestinationTlsConfig::default(),
         }
@@ -364,6 +386,21 @@ fn default_compression() -> Compression {
 }
 fn default_in_flight() -> usize {
     8
+}
+fn default_live_lag() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_backlog_share() -> f64 {
+    0.2
+}
+
+/// The order a destination's backlog lane sends in (`live_first`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BacklogOrder {
+    #[default]
+    OldestFirst,
+    NewestFirst,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -819,7 +856,12 @@ impl DestinationConfig {
     pub fn egress_limit(&self) -> Option<crate::export::ratelimit::TokenBucket> {
         let rate = self.max_egress_bytes_per_s?.0;
         let burst = self.egress_burst.map(|b| b.0).unwrap_or(rate);
-        Some(crate::export::ratelimit::TokenBucket::new(rate, burst))
+        let bucket = crate::export::ratelimit::TokenBucket::new(rate, burst);
+        Some(if self.live_first {
+            bucket.with_backlog_share(self.backlog_share)
+        } else {
+            bucket
+        })
     }
 
     fn validate(&self, key: &str) -> Result<(), ConfigError> {
@@ -858,6 +900,20 @@ impl DestinationConfig {
                 return err(format!("{key}.egress_burst must be greater than 0"))
             }
             _ => {}
+        }
+        if !(d.backlog_share > 0.0 && d.backlog_share < 1.0) {
+            return err(format!(
+                "{key}.backlog_share must be between 0 and 1 (exclusive), got {}",
+                d.backlog_share
+            ));
+        }
+        if d.live_lag.0.is_zero() {
+            return err(format!("{key}.live_lag must be greater than 0"));
+        }
+        if d.backlog_order == BacklogOrder::NewestFirst && !d.live_first {
+            return err(format!(
+                "{key}.backlog_order = \"newest_first\" needs live_first = true (the backlog lane is what it orders)"
+            ));
         }
         if d.max_age.is_some_and(|a| a.0.is_zero()) {
             return err(format!(

@@ -17,7 +17,7 @@ use tonic::Code;
 use tracespool_storage::Codec;
 
 use super::jetstream::JetStreamClient;
-use super::ratelimit::TokenBucket;
+use super::ratelimit::{Lane, TokenBucket};
 use crate::config::{Compression, DestinationConfig, Protocol};
 use crate::otlp::codec::{RawCodec, EXPORT_PATH};
 use crate::otlp::partial_success;
@@ -33,6 +33,8 @@ pub struct Export<'a> {
     pub key: &'a str,
     pub seq: u64,
     pub spans: u32,
+    /// The lane it is sent from (the egress limit serves live first).
+    pub lane: Lane,
 }
 
 pub use crate::ledger::Receipt;
@@ -195,9 +197,9 @@ pub struct GrpcClient {
 }
 
 /// Waits for the egress limit (if any) to allow `bytes`.
-async fn pace(limit: &Option<Arc<TokenBucket>>, bytes: usize) {
+async fn pace(limit: &Option<Arc<TokenBucket>>, bytes: usize, lane: Lane) {
     if let Some(l) = limit {
-        l.take(bytes as u64).await;
+        l.take(bytes as u64, lane).await;
     }
 }
 
@@ -208,7 +210,10 @@ impl GrpcClient {
         if self.compression != Compression::None {
             let want = self.compression.wire();
             return match Wire::for_destination(export.codec, &export.payload, want) {
-                Ok(wire) => self.send_framed(wire.body, wire.encoding, export.key).await,
+                Ok(wire) => {
+                    self.send_framed(wire.body, wire.encoding, export.key, export.lane)
+                        .await
+                }
                 Err(e) => unreadable(export.seq, e),
             };
         }
@@ -218,7 +223,7 @@ impl GrpcClient {
         };
         let key = export.key;
         let wire = payload.len() as u64;
-        pace(&self.limit, payload.len()).await;
+        pace(&self.limit, payload.len(), export.lane).await;
         let mut grpc = tonic::client::Grpc::new(self.channel.clone())
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
@@ -253,10 +258,16 @@ impl GrpcClient {
     /// bytes): framed with the compressed flag and its `grpc-encoding`, sent as
     /// given. tonic would compress the message itself, so this call is made on
     /// the same channel by hand (gRPC over HTTP/2, "Length-Prefixed-Message").
-    async fn send_framed(&self, message: Bytes, encoding: Encoding, key: &str) -> (Sent, u64) {
+    async fn send_framed(
+        &self,
+        message: Bytes,
+        encoding: Encoding,
+        key: &str,
+        lane: Lane,
+    ) -> (Sent, u64) {
         use tower::{Service, ServiceExt};
         let wire = message.len() as u64;
-        pace(&self.limit, message.len()).await;
+        pace(&self.limit, message.len(), lane).await;
         let mut frame = Vec::with_capacity(5 + message.len());
         frame.push(u8::from(encoding != Encoding::Identity));
         frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
@@ -417,7 +428,7 @@ impl HttpClient {
             Err(e) => return unreadable(export.seq, e),
         };
         let wire = body.len() as u64;
-        pace(&self.limit, body.len()).await;
+        pace(&self.limit, body.len(), export.lane).await;
         let mut req = http::Request::post(self.uri.clone());
         if let Some(h) = req.headers_mut() {
             *h = self.headers.clone();

@@ -231,7 +231,7 @@ impl JetStreamClient {
                 self.subject(&export.payload)
             };
         if let Some(l) = &self.limit {
-            l.take(export.payload.len() as u64).await;
+            l.take(export.payload.len() as u64, export.lane).await;
         }
         let sent = match js
             .publish_with_headers(subject, headers, export.payload)

@@ -21,6 +21,16 @@
 //! exceed `max_in_flight`: after a crash or a power cut at most that many batches
 //! per destination are delivered again, and no cursor is ever ahead of the ledger.
 //!
+//! **Lanes** (`live_first`). The live lane reads from the head of the log; when the
+//! record it reaches is older than `live_lag` (an outage, a restart on a backlog),
+//! it hands everything from that record to the newest one to the backlog lane and
+//! goes on from the head. The backlog lane drains the ranges handed to it, oldest
+//! or newest first (`backlog_order`), with its own `max_in_flight` exports and,
+//! under an egress limit, what the live lane leaves (at least `backlog_share`).
+//! Both ack on the same cursor, which keeps the acknowledged ranges above its
+//! position (persisted, bounded), so a crash redelivers at most the exports in
+//! flight of both lanes, and the reader after a restart skips what was acked.
+//!
 //! Gaps the reader reports (records evicted by `drop_oldest`, damaged, or seqs
 //! skipped after an unclean stop) are acknowledged so the cursor moves on, once the
 //! ledger entry that explains them is durable; the losses themselves are counted
@@ -37,10 +47,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use std::collections::BTreeMap;
+
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracespool_storage::{Cursor, GapCause, ReadItem, Record};
+use tracespool_storage::{Cursor, Gap, GapCause, ReadItem, Record};
 
 use crate::accounting::Accounts;
 use crate::config::DestinationConfig;
@@ -49,6 +61,7 @@ use crate::ledger::now_ms;
 use crate::metrics::DestinationOutcome;
 use crate::throttle::Throttle;
 use client::{Client, Export, Sent};
+pub use ratelimit::Lane;
 use retry::Backoff;
 
 /// The idempotency key a record is exported with, the same on every attempt and
@@ -74,6 +87,93 @@ pub struct DestinationStatus {
     /// Records expired (`max_age`) since the last log line about it: the seq range
     /// and counts, logged at most once a second.
     expired: Mutex<ExpiredRun>,
+    /// Payload bytes (as stored) of the records that reached their end: the drain
+    /// rate.
+    pub drained_bytes: AtomicU64,
+    pub lanes: LaneState,
+}
+
+/// What each lane holds (`live_first`): the ranges handed to the backlog lane,
+/// the one it reads, and where the live lane's stretch began.
+#[derive(Debug, Default)]
+pub struct LaneState {
+    handed: Mutex<BTreeMap<u64, u64>>,
+    reading: Mutex<Option<(u64, u64)>>,
+    live_from: AtomicU64,
+    wake: Notify,
+}
+
+/// Ranges waiting for the backlog lane at most: beyond, the live lane stops
+/// leaving ranges behind and goes on in order (each range is an acknowledged
+/// range of the cursor's, and those are persisted up to a bound).
+const MAX_HANDED: usize = 64;
+
+impl LaneState {
+    /// Hands `first..=last` to the backlog lane; false when it holds too many.
+    fn hand_over(&self, first: u64, last: u64) -> bool {
+        let mut h = self.handed.lock().unwrap();
+        if h.len() >= MAX_HANDED {
+            return false;
+        }
+        // Adjacent to the range before it: one range.
+        let merged = h
+            .range(..first)
+            .next_back()
+            .filter(|(_, &e)| e + 1 == first)
+            .map(|(&s, _)| s);
+        match merged {
+            Some(s) => {
+                h.insert(s, last);
+            }
+            None => {
+                h.insert(first, last);
+            }
+        }
+        drop(h);
+        self.wake.notify_one();
+        true
+    }
+
+    /// The next range for the backlog lane, in its order.
+    fn take(&self, order: crate::config::BacklogOrder) -> Option<(u64, u64)> {
+        let mut h = self.handed.lock().unwrap();
+        let r = match order {
+            crate::config::BacklogOrder::OldestFirst => h.pop_first(),
+            crate::config::BacklogOrder::NewestFirst => h.pop_last(),
+        }?;
+        *self.reading.lock().unwrap() = Some(r);
+        Some(r)
+    }
+
+    /// The seqs each lane still holds that `cursor` has not acknowledged:
+    /// (live, backlog). Without lanes everything is live.
+    pub fn waiting(&self, cursor: &Cursor) -> (u64, u64) {
+        let (pos, above) = (cursor.position(), cursor.acked_above());
+        let unacked = |a: u64, b: u64| -> u64 {
+            let a = a.max(pos + 1);
+            if a > b {
+                return 0;
+            }
+            let acked: u64 = above
+                .iter()
+                .map(|&(s, e)| e.min(b).saturating_sub(s.max(a)) + u64::from(e.min(b) >= s.max(a)))
+                .sum();
+            (b - a + 1).saturating_sub(acked)
+        };
+        let last = cursor.last_seq();
+        let mut backlog: u64 = self
+            .handed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(&a, &b)| unacked(a, b))
+            .sum();
+        if let Some((a, b)) = *self.reading.lock().unwrap() {
+            backlog += unacked(a, b);
+        }
+        let live_from = self.live_from.load(Ordering::Relaxed).max(1);
+        (unacked(live_from, last), backlog)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -105,9 +205,6 @@ impl Worker {
     /// abandoned; their records are exported again after the restart.
     pub async fn run(self, stop: CancellationToken) {
         let this = Arc::new(self);
-        let mut reader = this.cursor.reader();
-        let slots = Arc::new(Semaphore::new(this.cfg.max_in_flight));
-        let mut tasks = JoinSet::new();
         let throttle = Arc::new(Throttle::new(WARN_EVERY));
         let (commits, queue) = mpsc::unbounded_channel();
         let committer = tokio::spawn(commit_in_groups(
@@ -120,9 +217,41 @@ impl Worker {
             destination = %this.name,
             endpoint = %this.cfg.target(),
             protocol = ?this.cfg.protocol,
-            from_seq = reader.next_seq(),
+            from_seq = this.cursor.position() + 1,
+            live_first = this.cfg.live_first,
             "replay worker started"
         );
+        let backlog = this.cfg.live_first.then(|| {
+            tokio::spawn(
+                this.clone()
+                    .backlog_lane(stop.clone(), throttle.clone(), commits.clone()),
+            )
+        });
+        this.clone().live_lane(&stop, &throttle, &commits).await;
+        if let Some(b) = backlog {
+            let _ = b.await;
+        }
+        // The committer ends once the last commit queued is done.
+        drop(commits);
+        let _ = committer.await;
+        tracing::info!(destination = %this.name, position = this.cursor.position(), "replay worker stopped");
+    }
+
+    /// The live lane (the only one without `live_first`): the log in seq order from
+    /// the cursor's position, with up to `max_in_flight` exports at once.
+    async fn live_lane(
+        self: Arc<Self>,
+        stop: &CancellationToken,
+        throttle: &Arc<Throttle>,
+        commits: &Commits,
+    ) {
+        let mut reader = self.cursor.reader();
+        self.status
+            .lanes
+            .live_from
+            .store(reader.next_seq(), Ordering::Relaxed);
+        let slots = Arc::new(Semaphore::new(self.cfg.max_in_flight));
+        let mut tasks = JoinSet::new();
         loop {
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
@@ -132,63 +261,189 @@ impl Worker {
                 item = reader.next() => item,
                 _ = stop.cancelled() => break,
             };
-            while let Some(done) = tasks.try_join_next() {
-                if let Err(e) = done {
-                    tracing::error!(destination = %this.name, error = %e, "export task failed");
-                }
-            }
+            self.reap(&mut tasks);
             match item {
                 Err(e) => {
-                    tracing::info!(destination = %this.name, error = %e, "log closed; replay worker stops");
+                    tracing::info!(destination = %self.name, error = %e, "log closed; replay worker stops");
                     break;
                 }
                 Ok(ReadItem::Gap(gap)) => {
-                    match &gap.cause {
-                        // Evictions are counted and written to the ledger when
-                        // they happen (`Accounts::hook`).
-                        GapCause::NotRetained => tracing::debug!(
-                            destination = %this.name,
-                            first_seq = gap.first_seq,
-                            last_seq = gap.last_seq,
-                            "skipping records no longer on disk"
-                        ),
-                        GapCause::Skipped => tracing::debug!(
-                            destination = %this.name,
-                            first_seq = gap.first_seq,
-                            last_seq = gap.last_seq,
-                            "skipping seqs the log never assigned"
-                        ),
-                        GapCause::Damaged(lost) => {
-                            this.accounts.skipped_damage(&this.name, &gap, lost)
-                        }
-                    }
-                    // The entry explaining the gap (written when the log reported it)
-                    // is durable before the cursor moves past it.
-                    let ledger = this.accounts.ledger().clone();
-                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || ledger.sync()).await {
-                        tracing::error!(destination = %this.name, error = %e, "cannot sync the audit ledger; the gap is acknowledged later");
-                    } else {
-                        this.ack(gap.first_seq, gap.last_seq);
-                    }
+                    self.skip_gap(&gap).await;
                     drop(permit);
                 }
                 Ok(ReadItem::Record(record)) => {
-                    let w = this.clone();
-                    let stop = stop.clone();
-                    let throttle = throttle.clone();
-                    let commits = commits.clone();
-                    tasks.spawn(async move {
-                        w.deliver(record, &stop, &throttle, &commits).await;
-                        drop(permit);
-                    });
+                    if self.behind(&record) {
+                        // Everything from here to the newest record is backlog now;
+                        // the live lane goes on from the head.
+                        let head = self.cursor.last_seq().max(record.seq);
+                        if self.status.lanes.hand_over(record.seq, head) {
+                            tracing::info!(
+                                destination = %self.name,
+                                first_seq = record.seq,
+                                last_seq = head,
+                                "live lane behind; these records go to the backlog lane"
+                            );
+                            reader = self.cursor.reader_between(head + 1, u64::MAX);
+                            self.status
+                                .lanes
+                                .live_from
+                                .store(head + 1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                    self.spawn_delivery(
+                        &mut tasks,
+                        record,
+                        Lane::Live,
+                        permit,
+                        stop,
+                        throttle,
+                        commits,
+                    );
                 }
             }
         }
         tasks.shutdown().await;
-        // The committer ends once the last commit queued is done.
-        drop(commits);
-        let _ = committer.await;
-        tracing::info!(destination = %this.name, position = this.cursor.position(), "replay worker stopped");
+    }
+
+    /// With `live_first`: the live lane reached `record` later than `live_lag`
+    /// after it arrived.
+    fn behind(&self, record: &Record) -> bool {
+        self.cfg.live_first
+            && record
+                .received_at
+                .elapsed()
+                .is_ok_and(|age| age > self.cfg.live_lag.0)
+    }
+
+    /// The backlog lane (`live_first`): the ranges the live lane left behind, each
+    /// in `backlog_order`, with up to `max_in_flight` exports at once of its own.
+    async fn backlog_lane(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        throttle: Arc<Throttle>,
+        commits: Commits,
+    ) {
+        use crate::config::BacklogOrder;
+        let slots = Arc::new(Semaphore::new(self.cfg.max_in_flight));
+        let mut tasks = JoinSet::new();
+        let lanes = &self.status.lanes;
+        'ranges: loop {
+            let (first, last) = loop {
+                if let Some(r) = lanes.take(self.cfg.backlog_order) {
+                    break r;
+                }
+                tokio::select! {
+                    _ = lanes.wake.notified() => {}
+                    _ = stop.cancelled() => break 'ranges,
+                }
+            };
+            tracing::info!(destination = %self.name, first_seq = first, last_seq = last, order = ?self.cfg.backlog_order, "backlog lane draining");
+            let mut up = None;
+            let mut down = None;
+            match self.cfg.backlog_order {
+                BacklogOrder::OldestFirst => up = Some(self.cursor.reader_between(first, last)),
+                BacklogOrder::NewestFirst => down = Some(self.cursor.newest_first(first, last)),
+            }
+            loop {
+                let permit = tokio::select! {
+                    p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+                    _ = stop.cancelled() => break 'ranges,
+                };
+                self.reap(&mut tasks);
+                // Every seq of the range is visible: a read that finds nothing
+                // means the range is through.
+                let item = match (&mut up, &mut down) {
+                    (Some(r), _) => r.try_next(),
+                    (_, Some(d)) => d.next_item(),
+                    _ => Ok(None),
+                };
+                match item {
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::info!(destination = %self.name, error = %e, "log closed; backlog lane stops");
+                        break 'ranges;
+                    }
+                    Ok(Some(ReadItem::Gap(gap))) => {
+                        self.skip_gap(&gap).await;
+                        drop(permit);
+                    }
+                    Ok(Some(ReadItem::Record(record))) => {
+                        self.spawn_delivery(
+                            &mut tasks,
+                            record,
+                            Lane::Backlog,
+                            permit,
+                            &stop,
+                            &throttle,
+                            &commits,
+                        );
+                    }
+                }
+            }
+            *lanes.reading.lock().unwrap() = None;
+            tracing::info!(destination = %self.name, first_seq = first, last_seq = last, "backlog range read");
+        }
+        tasks.shutdown().await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_delivery(
+        self: &Arc<Self>,
+        tasks: &mut JoinSet<()>,
+        record: Record,
+        lane: Lane,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        stop: &CancellationToken,
+        throttle: &Arc<Throttle>,
+        commits: &Commits,
+    ) {
+        let w = self.clone();
+        let stop = stop.clone();
+        let throttle = throttle.clone();
+        let commits = commits.clone();
+        tasks.spawn(async move {
+            w.deliver(record, lane, &stop, &throttle, &commits).await;
+            drop(permit);
+        });
+    }
+
+    fn reap(&self, tasks: &mut JoinSet<()>) {
+        while let Some(done) = tasks.try_join_next() {
+            if let Err(e) = done {
+                tracing::error!(destination = %self.name, error = %e, "export task failed");
+            }
+        }
+    }
+
+    /// A gap the reader reported: logged, and acknowledged once the ledger entry
+    /// that explains it is durable.
+    async fn skip_gap(&self, gap: &Gap) {
+        match &gap.cause {
+            // Evictions are counted and written to the ledger when they happen
+            // (`Accounts::hook`).
+            GapCause::NotRetained => tracing::debug!(
+                destination = %self.name,
+                first_seq = gap.first_seq,
+                last_seq = gap.last_seq,
+                "skipping records no longer on disk"
+            ),
+            GapCause::Skipped => tracing::debug!(
+                destination = %self.name,
+                first_seq = gap.first_seq,
+                last_seq = gap.last_seq,
+                "skipping seqs the log never assigned"
+            ),
+            GapCause::Damaged(lost) => self.accounts.skipped_damage(&self.name, gap, lost),
+        }
+        // The entry explaining the gap (written when the log reported it) is
+        // durable before the cursor moves past it.
+        let ledger = self.accounts.ledger().clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || ledger.sync()).await {
+            tracing::error!(destination = %self.name, error = %e, "cannot sync the audit ledger; the gap is acknowledged later");
+        } else {
+            self.ack(gap.first_seq, gap.last_seq);
+        }
     }
 
     /// Acknowledges seqs that were skipped, not delivered.
@@ -246,6 +501,9 @@ impl Worker {
             };
             match r {
                 Ok(ack) => {
+                    self.status
+                        .drained_bytes
+                        .fetch_add(record.payload.len() as u64, Ordering::Relaxed);
                     if ack.after_eviction {
                         self.accounts
                             .completed_after_eviction(&self.name, record, how);
@@ -366,6 +624,7 @@ impl Worker {
     async fn deliver(
         &self,
         record: Record,
+        lane: Lane,
         stop: &CancellationToken,
         throttle: &Throttle,
         commits: &Commits,
@@ -406,6 +665,7 @@ impl Worker {
                 key: &key,
                 seq,
                 spans: record.span_count,
+                lane,
             };
             let (sent, wire) = self.client.send(export).await;
             let took = started.elapsed();

@@ -171,6 +171,7 @@ pub fn retry(
                 key: &l.export_key,
                 seq: l.seq,
                 spans: l.spans,
+                lane: crate::export::Lane::Backlog,
             };
             match send(&client, export, 3).await {
                 Ok(attempts) => {

@@ -329,6 +329,7 @@ pub fn run(ctx: &Ctx, args: ReplayArgs) -> Result<Verdict, ToolError> {
                             key: &key,
                             seq: item.seq,
                             spans: item.spans as u32,
+                            lane: crate::export::Lane::Backlog,
                         };
                         let r = send(&client, export, attempts).await;
                         let _ = done.send((item.seq, item.spans, len, r));

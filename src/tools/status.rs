@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::{fmt_ago, fmt_bytes, fmt_span, fmt_time, table, Ctx, ToolError, Verdict};
 use crate::deadletter::DeadLetters;
 use crate::ledger::now_ms;
+use crate::state::Eta;
 
 #[derive(Serialize)]
 struct Report {
@@ -35,6 +36,8 @@ struct Wal {
     first_seq: u64,
     last_seq: u64,
     failed: Option<String>,
+    /// When the budget fills at the last minute's rate.
+    budget_full_eta: Option<Eta>,
 }
 
 #[derive(Serialize)]
@@ -50,6 +53,24 @@ struct Destination {
     last_success: Option<String>,
     last_error_time: Option<String>,
     last_error: Option<String>,
+    /// When the backlog is drained at the last minute's rate.
+    catchup_eta: Option<Eta>,
+    /// `live_first`: seqs the live lane holds.
+    live_lane_records: Option<u64>,
+    /// `live_first`: seqs the backlog lane holds.
+    backlog_lane_records: Option<u64>,
+}
+
+/// "in 2h 5m", "never", or "-" (not known yet: a forwarder a few seconds up, or
+/// stopped).
+fn fmt_eta(eta: Option<Eta>, running: bool) -> String {
+    match eta {
+        _ if !running => "-".into(),
+        None => "-".into(),
+        Some(Eta::Never) => "never".into(),
+        Some(Eta::InSeconds(s)) if s <= 0.0 => "now".into(),
+        Some(Eta::InSeconds(s)) => format!("in {}", fmt_span((s * 1000.0) as u64)),
+    }
 }
 
 pub fn run(ctx: &Ctx) -> Result<Verdict, ToolError> {
@@ -91,6 +112,7 @@ pub fn run(ctx: &Ctx) -> Result<Verdict, ToolError> {
             first_seq: w.first_seq,
             last_seq: w.last_seq,
             failed: w.failed.clone(),
+            budget_full_eta: w.budget_full_eta,
         },
         destinations: state
             .destinations
@@ -109,6 +131,9 @@ pub fn run(ctx: &Ctx) -> Result<Verdict, ToolError> {
                 last_success: d.last_success_ms.map(fmt_time),
                 last_error_time: d.last_error_ms.map(fmt_time),
                 last_error: d.last_error.clone(),
+                catchup_eta: d.catchup_eta,
+                live_lane_records: d.lanes.map(|l| l.0),
+                backlog_lane_records: d.lanes.map(|l| l.1),
             })
             .collect(),
         dead_letters,
@@ -149,6 +174,16 @@ pub fn run(ctx: &Ctx) -> Result<Verdict, ToolError> {
             .map(|f| format!("; FAILED: {f}"))
             .unwrap_or_default()
     );
+    if running {
+        println!(
+            "budget full: {}",
+            match w.budget_full_eta {
+                Some(Eta::Never) =>
+                    "never at the last minute's rate (the log is not growing)".into(),
+                eta => format!("{} at the last minute's rate", fmt_eta(eta, running)),
+            }
+        );
+    }
     println!();
     let rows: Vec<Vec<String>> = state
         .destinations
@@ -162,6 +197,15 @@ pub fn run(ctx: &Ctx) -> Result<Verdict, ToolError> {
                 d.oldest_undelivered_ms
                     .map(|t| fmt_span(now.saturating_sub(t)))
                     .unwrap_or_else(|| "-".into()),
+                match d.lanes {
+                    Some((live, backlog)) => {
+                        format!(
+                            "{} (live {live}, backlog {backlog})",
+                            fmt_eta(d.catchup_eta, running)
+                        )
+                    }
+                    None => fmt_eta(d.catchup_eta, running),
+                },
                 d.last_success_ms
                     .map(|t| fmt_ago(t, now))
                     .unwrap_or_else(|| "never".into()),
@@ -184,6 +228,7 @@ pub fn run(ctx: &Ctx) -> Result<Verdict, ToolError> {
                     "RECORDS",
                     "BYTES",
                     "OLDEST UNDELIVERED",
+                    "CAUGHT UP",
                     "LAST SUCCESS",
                     "LAST ERROR",
                 ],

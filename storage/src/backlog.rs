@@ -43,8 +43,9 @@ pub(crate) struct BacklogCache {
     sealed: Mutex<HashMap<u64, Totals>>,
 }
 
-/// Walks the headers of `file[..limit]`, counting records with seq > `after`.
-fn walk(file: &File, limit: u64, after: u64) -> Totals {
+/// Walks the headers of `file[..limit]`, counting records with seq > `after` that
+/// are not in `acked`.
+fn walk(file: &File, limit: u64, after: u64, acked: &[(u64, u64)]) -> Totals {
     use std::os::unix::fs::FileExt;
     let mut t = Totals::default();
     let mut offset = RECORDS_START as u64;
@@ -61,7 +62,7 @@ fn walk(file: &File, limit: u64, after: u64) -> Totals {
         if offset + len > limit {
             break;
         }
-        if h.seq > after {
+        if h.seq > after && !acked.iter().any(|&(a, b)| a <= h.seq && h.seq <= b) {
             t.records += 1;
             t.spans += h.span_count as u64;
             t.bytes += len;
@@ -72,7 +73,10 @@ fn walk(file: &File, limit: u64, after: u64) -> Totals {
     t
 }
 
-pub(crate) fn backlog(shared: &Shared, after: u64) -> Backlog {
+/// What is stored after `after` outside the acknowledged ranges `acked` (sorted,
+/// disjoint, above `after`): a segment inside one is skipped, one that overlaps
+/// one is walked.
+pub(crate) fn backlog(shared: &Shared, after: u64, acked: &[(u64, u64)]) -> Backlog {
     let wm = *shared.watermark.borrow();
     let segments: Vec<(u64, u64, bool, Option<u64>)> = {
         let table = shared.table.read().unwrap();
@@ -96,7 +100,16 @@ pub(crate) fn backlog(shared: &Shared, after: u64) -> Backlog {
         if next.is_some_and(|n| n - 1 <= after) {
             continue;
         }
-        let partial = first <= after;
+        let last = next.map(|n| n - 1).unwrap_or(wm.last_seq);
+        if acked.iter().any(|&(a, b)| a <= first && last <= b) {
+            continue;
+        }
+        let overlapping: Vec<(u64, u64)> = acked
+            .iter()
+            .copied()
+            .filter(|&(a, b)| a <= last && b >= first)
+            .collect();
+        let partial = first <= after || !overlapping.is_empty();
         let limit = if first == wm.active_segment {
             wm.active_len
         } else {
@@ -106,12 +119,12 @@ pub(crate) fn backlog(shared: &Shared, after: u64) -> Backlog {
             if let Some(t) = cache.get(&first) {
                 *t
             } else {
-                let t = walk_file(shared, first, limit, 0);
+                let t = walk_file(shared, first, limit, 0, &[]);
                 cache.insert(first, t);
                 t
             }
         } else {
-            walk_file(shared, first, limit, after)
+            walk_file(shared, first, limit, after, &overlapping)
         };
         out.records += totals.records;
         out.spans += totals.spans;
@@ -124,9 +137,9 @@ pub(crate) fn backlog(shared: &Shared, after: u64) -> Backlog {
     out
 }
 
-fn walk_file(shared: &Shared, first: u64, limit: u64, after: u64) -> Totals {
+fn walk_file(shared: &Shared, first: u64, limit: u64, after: u64, acked: &[(u64, u64)]) -> Totals {
     match File::open(shared.segment_path(first)) {
-        Ok(f) => walk(&f, limit, after),
+        Ok(f) => walk(&f, limit, after, acked),
         Err(_) => Totals::default(),
     }
 }

@@ -516,9 +516,16 @@ impl Wal {
     }
 
     /// What is stored after `seq` (readable now): records, spans, bytes, and when the
-    /// oldest was received. For a cursor: `wal.backlog(cursor.position())`.
+    /// oldest was received. For a cursor, see [`Wal::backlog_of`].
     pub fn backlog(&self, seq: u64) -> crate::Backlog {
-        crate::backlog::backlog(&self.inner.shared, seq)
+        crate::backlog::backlog(&self.inner.shared, seq, &[])
+    }
+
+    /// What `cursor` has not acknowledged: after its position, less the ranges it
+    /// acknowledged above it (a consumer reading lanes out of order).
+    pub fn backlog_of(&self, cursor: &crate::Cursor) -> crate::Backlog {
+        let above = cursor.acked_above();
+        crate::backlog::backlog(&self.inner.shared, cursor.position(), &above)
     }
 
     /// Seals the active segment now (if it holds records) and starts a new one.

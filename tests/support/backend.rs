@@ -67,6 +67,17 @@ struct State {
     attempt_bytes: Mutex<u64>,
     /// Every request body as it came over the wire (before decompression).
     wire: Mutex<Vec<WireBody>>,
+    /// Lean: keep only [`Arrival`]s (for backlogs of gigabytes).
+    lean: std::sync::atomic::AtomicBool,
+    arrivals: Mutex<Vec<Arrival>>,
+}
+
+/// What a lean backend keeps of an accepted request.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    pub key: Option<String>,
+    pub at: std::time::Instant,
+    pub span_ids: Vec<[u8; 8]>,
 }
 
 /// A request body as it came over the wire: its encoding (`Content-Encoding`, or
@@ -243,6 +254,18 @@ impl Backend {
     }
 
     /// Every request body as it came over the wire, in arrival order.
+    /// Keeps only an [`Arrival`] per accepted request from now on: no bodies, no
+    /// decoded requests ([`Backend::received`] and [`Backend::wire`] stay empty).
+    pub fn lean(&self) {
+        self.state
+            .lean
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.state.arrivals.lock().unwrap().clone()
+    }
+
     pub fn wire(&self) -> Vec<WireBody> {
         self.state.wire.lock().unwrap().clone()
     }
@@ -409,7 +432,9 @@ async fn record_wire(
             at: std::time::Instant::now(),
         },
     };
-    state.wire.lock().unwrap().push(wire);
+    if !state.lean.load(std::sync::atomic::Ordering::Relaxed) {
+        state.wire.lock().unwrap().push(wire);
+    }
     next.run(axum::extract::Request::from_parts(
         parts,
         axum::body::Body::from(bytes),
@@ -451,11 +476,31 @@ fn decide(state: &State, key: Option<String>, body: &[u8]) -> Answer {
     if poisoned {
         return Answer::Invalid("poisoned span name".into());
     }
-    state
-        .received
-        .lock()
-        .unwrap()
-        .push(Received { key, request });
+    if state.lean.load(std::sync::atomic::Ordering::Relaxed) {
+        let span_ids = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .map(|s| {
+                let mut id = [0u8; 8];
+                let n = s.span_id.len().min(8);
+                id[..n].copy_from_slice(&s.span_id[..n]);
+                id
+            })
+            .collect();
+        state.arrivals.lock().unwrap().push(Arrival {
+            key,
+            at: std::time::Instant::now(),
+            span_ids,
+        });
+    } else {
+        state
+            .received
+            .lock()
+            .unwrap()
+            .push(Received { key, request });
+    }
     match mode {
         Mode::PartialReject(n) => Answer::Ok(tracespool::otlp::partial_success_response(
             n,
