@@ -357,3 +357,76 @@ async fn live_first_sends_fresh_spans_within_two_seconds_while_a_gigabyte_backlo
     assert_eq!(d["accepted"]["spans"], spans as u64, "{s:#}");
     spool.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newest_first_sends_the_backlog_in_descending_seq_order_and_expires_the_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(Kind::Http).await;
+    backend.set_mode(Mode::Unavailable);
+    let mut spool = Spool::new(
+        dir.path(),
+        "",
+        &[Dest::new("b", &backend.endpoint(), "http").with(
+            "live_first = true\nlive_lag = \"500ms\"\nbacklog_order = \"newest_first\"\nmax_age = \"4s\"\nmax_in_flight = 1",
+        )],
+    );
+    spool.start();
+    let send = |prefix: &'static str, from: u64, to: u64| {
+        let endpoint = spool.grpc_endpoint();
+        async move {
+            for b in from..to {
+                let (body, _) = raw::request(prefix, b, 3);
+                raw::grpc_export(&endpoint, body, None).await.unwrap();
+            }
+        }
+    };
+    // Ten records go stale during the outage.
+    send("stale", 0, 10).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while spool
+        .metric("tracespool_records_dropped_total{reason=\"expired\",destination=\"b\"}")
+        .await
+        < 10.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stale records did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Thirty more while the link is still down; it returns when they are older
+    // than live_lag but younger than max_age.
+    send("recent", 10, 40).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    backend.set_mode(Mode::Accept);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while spool
+        .metric("tracespool_backlog_records{destination=\"b\"}")
+        .await
+        > 0.0
+    {
+        assert!(Instant::now() < deadline, "the backlog never drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first of them was in flight in the live lane; the rest came newest
+    // first.
+    let seqs: Vec<u64> = backend.received().iter().map(|r| seq_of(&r.key)).collect();
+    assert_eq!(seqs.first(), Some(&11), "{seqs:?}");
+    assert_eq!(
+        seqs[1..],
+        (12..=40).rev().collect::<Vec<_>>()[..],
+        "{seqs:?}"
+    );
+    // Exactly the stale ones expired, and the audit balances.
+    let expired = spool
+        .metric("tracespool_spans_dropped_total{reason=\"expired\",destination=\"b\"}")
+        .await;
+    assert_eq!(expired, 30.0);
+    let (code, s) = spool.tool_json(&["audit", "summary"]).await;
+    assert_eq!(code, 0, "{s:#}");
+    assert_eq!(s["balanced"], true, "{s:#}");
+    let d = &s["destinations"][0];
+    assert_eq!(d["dropped"]["expired"]["records"], 10, "{s:#}");
+    assert_eq!(d["delivered"]["spans"], 90, "{s:#}");
+    spool.terminate();
+}

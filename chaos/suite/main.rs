@@ -12,6 +12,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod catchup;
 mod edge;
 mod flash;
 mod full;

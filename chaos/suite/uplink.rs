@@ -283,3 +283,109 @@ async fn a_thin_uplink_capped_by_tbf_delivers_everything_within_the_cap() {
     assert!(rate <= 2.2e6, "{name}: {rate} bit/s over a 2 Mbit/s link");
     edge.shutdown();
 }
+
+/// The catch-up over a thin uplink: a backlog left by an outage drains under an
+/// egress limit below the link's 2 Mbit/s, and fresh spans sent meanwhile still
+/// arrive within 2 s (the live lane goes first; the limit keeps the link's queue
+/// short, so nothing waits behind the backlog in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thin_uplink_catching_up_stays_within_it_and_sends_fresh_spans_first() {
+    let name = "a_thin_uplink_catching_up_stays_within_it_and_sends_fresh_spans_first";
+    let Some(_serial) = crate::can_run(name) else {
+        return;
+    };
+    let ns = match Netns::create("2mbit") {
+        Ok(ns) => ns,
+        Err(e) => {
+            if std::env::var("TRACESPOOL_REQUIRE_NETNS").is_ok() {
+                panic!("{name}: network namespaces are required here: {e}");
+            }
+            println!("SKIPPED {name}: cannot make a network namespace with tbf: {e}");
+            return;
+        }
+    };
+    use crate::support::{backend::Mode, raw};
+    let dir = tempfile::tempdir().unwrap();
+    let h = Backend::start_on(Kind::Http, ns.listen(4318).unwrap());
+    h.lean();
+    h.set_mode(Mode::Unavailable);
+    let dests = [Dest::new(
+        "http-sink",
+        &format!("http://{}:4318/v1/traces", ns.peer_ip),
+        "http",
+    )
+    .timeout("20s")
+    .with("live_first = true\nlive_lag = \"1s\"\nmax_egress_bytes_per_s = \"200KiB\"\negress_burst = \"32KiB\"")];
+    let mut edge = Edge::new(
+        dir.path(),
+        "max_bytes = \"64MiB\"",
+        &dests,
+        MountOptions::default(),
+    );
+    edge.power_on();
+    let endpoint = edge.spool.grpc_endpoint();
+    // The outage: 4 MB of backlog, 20 s at the limit.
+    let mut old = 0usize;
+    for i in 0..300u64 {
+        let (body, _) = raw::realistic(64, 50_000 + i);
+        raw::grpc_export(&endpoint, body, None).await.unwrap();
+        old += 64;
+    }
+    h.set_mode(Mode::Accept);
+    let returned = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut fresh = Vec::new();
+    for i in 0..4u64 {
+        let (body, ids) = raw::realistic(8, 90_000 + i);
+        let sent = Instant::now();
+        raw::grpc_export(&endpoint, body, None).await.unwrap();
+        fresh.push((sent, ids[0].clone()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let arrived = |id: &str| {
+        let id: Vec<u8> = (0..8)
+            .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        h.arrivals()
+            .iter()
+            .find(|a| a.span_ids.iter().any(|s| s[..] == id[..]))
+            .map(|a| a.at)
+    };
+    let mut last_fresh = returned;
+    for (sent, id) in &fresh {
+        assert!(
+            crate::support::eventually(Duration::from_secs(10), || arrived(id).is_some()).await,
+            "{name}: a fresh span never arrived"
+        );
+        let took = arrived(id).unwrap().duration_since(*sent);
+        println!("{name}: fresh request delivered {took:?} after it was sent");
+        assert!(
+            took < Duration::from_secs(2),
+            "{name}: fresh spans took {took:?}"
+        );
+        last_fresh = last_fresh.max(arrived(id).unwrap());
+    }
+    // Still draining when the last fresh span arrived; then everything arrives.
+    assert!(
+        h.arrivals().iter().any(|a| a.at > last_fresh),
+        "{name}: the backlog was through before the fresh spans"
+    );
+    assert!(
+        crate::support::eventually(Duration::from_secs(60), || {
+            h.arrivals().iter().map(|a| a.span_ids.len()).sum::<usize>() >= old + 32
+        })
+        .await,
+        "{name}: the backlog never drained"
+    );
+    let took = returned.elapsed().as_secs_f64();
+    let arrivals = h.arrivals();
+    assert_eq!(
+        arrivals.iter().map(|a| a.span_ids.len()).sum::<usize>(),
+        old + 32,
+        "{name}: every span once"
+    );
+    let rate = h.attempt_bytes() as f64 * 8.0 / took;
+    println!("{name}: {:.2} Mbit/s over {took:.1} s", rate / 1e6);
+    assert!(rate <= 2.0e6, "{name}: {rate} bit/s over a 2 Mbit/s link");
+    edge.shutdown();
+}
