@@ -684,7 +684,20 @@ impl Collector for LiveCollector {
                     .encode(m.encode_family(&label)?)?;
             }
         }
-        if let Some(e) = live.rates.estimates() {
+        // Exported from the start: NaN until there is a window to take rates
+        // over (a comparison with NaN is false: no alert fires on it).
+        let e = live
+            .rates
+            .estimates()
+            .unwrap_or_else(|| crate::rates::Estimates {
+                catchup_seconds: live
+                    .cursors
+                    .iter()
+                    .map(|c| (c.name().to_string(), f64::NAN))
+                    .collect(),
+                budget_full_seconds: f64::NAN,
+            });
+        {
             per_destination(
                 &mut encoder,
                 "catchup_eta",

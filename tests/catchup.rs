@@ -332,6 +332,22 @@ async fn live_first_sends_fresh_spans_within_two_seconds_while_a_gigabyte_backlo
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // `tracespool status` says when (state.json is rewritten every 2 s).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (code, st) = spool.tool_json(&["status"]).await;
+    assert_eq!(code, 0, "{st:#}");
+    let eta = &st["destinations"][0]["catchup_eta"]["in_seconds"];
+    assert!(eta.as_f64().is_some_and(|s| s > 0.0), "{st:#}");
+    assert!(
+        st["destinations"][0]["backlog_lane_records"].as_u64() > Some(0),
+        "{st:#}"
+    );
+    assert!(!st["wal"]["budget_full_eta"].is_null(), "{st:#}");
+    let (_, text, _) = spool.tool(&["status"]).await;
+    assert!(
+        text.contains("CAUGHT UP") && text.contains("budget full: "),
+        "{text}"
+    );
     // The backlog finishes; every record arrived once.
     let deadline = Instant::now() + Duration::from_secs(120);
     while spool

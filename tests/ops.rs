@@ -147,6 +147,7 @@ fn every_alert_links_a_runbook_that_exists() {
         "corrupt-segment",
         "stream-full",
         "encryption-keys",
+        "catch-up",
     ] {
         let text = read(&format!("ops/runbooks/{name}.md"));
         for part in ["**Symptoms.**", "## Confirm", "## Fix"] {

@@ -647,3 +647,54 @@ fn max_age_loads_and_zero_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn lanes_load_and_their_mistakes_name_the_key() {
+    let dest = "[[destinations]]\nname = \"b\"\nendpoint = \"http://x:4317\"\n";
+    let f = file(&format!(
+        "{dest}live_first = true\nlive_lag = \"5s\"\nbacklog_share = 0.4\nbacklog_order = \"newest_first\"\n"
+    ));
+    let cfg = Config::load(Some(f.path()), &env(&[])).unwrap();
+    let d = &cfg.destinations[0];
+    assert!(d.live_first);
+    assert_eq!(d.live_lag.0, Duration::from_secs(5));
+    assert_eq!(d.backlog_share, 0.4);
+    assert_eq!(d.backlog_order, crate::config::BacklogOrder::NewestFirst);
+    // Defaults: one lane, oldest first.
+    let f = file(dest);
+    let d = Config::load(Some(f.path()), &env(&[]))
+        .unwrap()
+        .destinations[0]
+        .clone();
+    assert!(!d.live_first);
+    assert_eq!(
+        (d.live_lag.0, d.backlog_share, d.backlog_order),
+        (
+            Duration::from_secs(2),
+            0.2,
+            crate::config::BacklogOrder::OldestFirst
+        )
+    );
+    for (extra, want) in [
+        (
+            "live_first = true\nbacklog_share = 1.0\n",
+            "destinations[0].backlog_share must be between 0 and 1",
+        ),
+        (
+            "live_first = true\nbacklog_share = 0\n",
+            "destinations[0].backlog_share must be between 0 and 1",
+        ),
+        (
+            "backlog_order = \"newest_first\"\n",
+            "destinations[0].backlog_order = \"newest_first\" needs live_first = true",
+        ),
+        (
+            "live_first = true\nlive_lag = \"0s\"\n",
+            "destinations[0].live_lag must be greater than 0",
+        ),
+        ("backlog_order = \"random\"\n", "backlog_order"),
+    ] {
+        let e = load_err(&format!("{dest}{extra}"), &[]);
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+}
