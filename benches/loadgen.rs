@@ -15,12 +15,16 @@
 //! cargo bench --bench loadgen                       # gRPC, 512-span batches, 2 GiB backlog
 //! cargo bench --bench loadgen -- --protocol http --backlog 512MiB --duration 10s
 //! cargo bench --bench loadgen -- --codecs --duration 20s   # none vs zstd vs zstd + AES-GCM
+//! cargo bench --bench loadgen -- --lanes --duration 20s    # one lane vs live_first lanes
 //! ```
 //!
 //! `--codecs` runs ingest and drain three times in the same run — records stored
 //! plain, as zstd, and as zstd sealed with AES-256-GCM (the zstd runs drain to a
 //! zstd destination: sent as stored) — each for `--duration` of ingest, and prints
 //! the figures as ratios to the plain run, with tracespool's CPU per span.
+//! `--lanes` does the same for a destination's lanes — one lane in seq order (as
+//! before `live_first`), `live_first` oldest first, and newest first — with no
+//! egress limit: the drain after the outage goes through the backlog lane.
 //!
 //! Both processes share the machine (2 cores here): the figures include the load
 //! generator's own cost. The sink counts requests and bytes (every request is one
@@ -54,6 +58,8 @@ struct Opts {
     latency_at: Vec<f64>,
     /// Compare record codecs instead (see the module doc).
     codecs: bool,
+    /// Compare a destination's lanes instead.
+    lanes: bool,
 }
 
 fn parse_args() -> Opts {
@@ -66,6 +72,7 @@ fn parse_args() -> Opts {
         latency_duration: Duration::from_secs(10),
         latency_at: vec![0.5],
         codecs: false,
+        lanes: false,
     };
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -74,8 +81,9 @@ fn parse_args() -> Opts {
     let mut i = 0;
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
-        if args[i] == "--codecs" {
-            o.codecs = true;
+        if args[i] == "--codecs" || args[i] == "--lanes" {
+            o.codecs |= args[i] == "--codecs";
+            o.lanes |= args[i] == "--lanes";
             i += 1;
             continue;
         }
@@ -472,8 +480,8 @@ fn main() {
 }
 
 async fn run(o: Opts, bin: PathBuf) {
-    if o.codecs {
-        return codecs(o, bin).await;
+    if o.codecs || o.lanes {
+        return compare(o, bin).await;
     }
     let base_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
     std::fs::create_dir_all(&base_dir).unwrap();
@@ -565,7 +573,7 @@ async fn run(o: Opts, bin: PathBuf) {
     }
 }
 
-// ---- record codecs, compared in one run ----
+// ---- record codecs, or a destination's lanes, compared in one run ----
 
 struct CodecFigures {
     ingest_sps: f64,
@@ -576,14 +584,15 @@ struct CodecFigures {
     disk_bytes_per_span: f64,
 }
 
-async fn codecs(o: Opts, bin: PathBuf) {
+async fn compare(o: Opts, bin: PathBuf) {
     let base_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
     std::fs::create_dir_all(&base_dir).unwrap();
     let probe = tempfile::tempdir_in(&base_dir).unwrap();
     let disk = baseline(probe.path());
     let bodies: Vec<Bytes> = (0..16).map(|v| Bytes::from(request(o.batch, v))).collect();
     println!(
-        "record codecs: {} clients, {} spans/request ({} bytes), {} of ingest each, fsync = always; disk baseline {disk:.0} MB/s",
+        "{}: {} clients, {} spans/request ({} bytes), {} of ingest each, fsync = always; disk baseline {disk:.0} MB/s",
+        if o.lanes { "lanes" } else { "record codecs" },
         o.concurrency,
         o.batch,
         bodies[0].len(),
@@ -591,7 +600,7 @@ async fn codecs(o: Opts, bin: PathBuf) {
     );
     let key = "3c1f0a9b8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928170605f4e3";
     let encryption = "[storage.encryption]\nactive_key = 1\n[[storage.encryption.keys]]\nid = 1\nenv = \"LOADGEN_KEY\"\n";
-    let runs = [
+    let codec_runs = [
         ("none", String::new(), ""),
         (
             "zstd",
@@ -604,6 +613,16 @@ async fn codecs(o: Opts, bin: PathBuf) {
             "compression = \"zstd\"",
         ),
     ];
+    let lane_runs = [
+        ("one lane", String::new(), ""),
+        ("live_first", String::new(), "live_first = true"),
+        (
+            "newest_first",
+            String::new(),
+            "live_first = true\nbacklog_order = \"newest_first\"",
+        ),
+    ];
+    let runs = if o.lanes { lane_runs } else { codec_runs };
     let mut results: Vec<(&str, CodecFigures)> = Vec::new();
     for (name, storage, dest) in &runs {
         let f = codec_run(
@@ -625,7 +644,8 @@ async fn codecs(o: Opts, bin: PathBuf) {
     let base = &results[0].1;
     for (name, f) in &results[1..] {
         println!(
-            "{name:>20} / none: ingest {:.2}x, drain {:.2}x, CPU/span ingest {:.2}x drain {:.2}x, disk per span {:.3}x ({:.1}x more spans per byte)",
+            "{name:>20} / {}: ingest {:.2}x, drain {:.2}x, CPU/span ingest {:.2}x drain {:.2}x, disk per span {:.3}x ({:.1}x more spans per byte)",
+            results[0].0,
             f.ingest_sps / base.ingest_sps,
             f.drain_sps / base.drain_sps,
             f.ingest_cpu_ns / base.ingest_cpu_ns,

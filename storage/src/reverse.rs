@@ -20,8 +20,9 @@ use crate::shared::Shared;
 use crate::types::{Gap, GapCause, ReadItem};
 
 /// A chunk starts at a record this many payload bytes after the previous one (or
-/// at the first record of the segment's part of the range).
-const CHECKPOINT_BYTES: usize = 2 << 20;
+/// at the first record of the segment's part of the range): under the reader's
+/// 4 MiB window, so a chunk is one read.
+const CHECKPOINT_BYTES: usize = 3 << 20;
 
 /// Streams `first..=last` in descending seq order, skipping what the cursor has
 /// acknowledged. Created by [`Cursor::newest_first`](crate::Cursor::newest_first).

@@ -65,14 +65,14 @@ fn read_down(wal: &Wal, first: u64, last: u64, acked: &BTreeSet<u64>) -> (Vec<u6
 
 #[tokio::test]
 async fn newest_first_returns_a_range_in_descending_order_across_chunks_and_segments() {
-    // 4 000 records of 3 KB in 5 MiB segments: several 2 MiB chunks per segment.
+    // 6 000 records of 3 KB in 8 MiB segments: several 3 MiB chunks per segment.
     let dir = tempfile::tempdir().unwrap();
-    fill(dir.path(), 5 << 20, 4000).await;
-    let (wal, _) = Wal::open(config(dir.path(), 5 << 20)).unwrap();
+    fill(dir.path(), 8 << 20, 6000).await;
+    let (wal, _) = Wal::open(config(dir.path(), 8 << 20)).unwrap();
     assert!(segment_files(dir.path()).len() >= 3);
     let none = BTreeSet::new();
-    let (records, gaps) = read_down(&wal, 1, 4000, &none);
-    assert_eq!(records, (1..=4000).rev().collect::<Vec<_>>());
+    let (records, gaps) = read_down(&wal, 1, 6000, &none);
+    assert_eq!(records, (1..=6000).rev().collect::<Vec<_>>());
     assert!(gaps.is_empty());
     // A part starting and ending inside segments.
     let (records, _) = read_down(&wal, 777, 3333, &none);
@@ -80,12 +80,12 @@ async fn newest_first_returns_a_range_in_descending_order_across_chunks_and_segm
     // Acknowledged records (another lane delivered them) are skipped.
     let cursor = wal.cursor("d", CursorStart::Oldest).unwrap();
     let mut acked = BTreeSet::new();
-    for (a, b) in [(10, 20), (1500, 2600), (3999, 4000)] {
+    for (a, b) in [(10, 20), (1500, 2600), (3999, 4000), (5990, 6000)] {
         cursor.ack_range(a, b).unwrap();
         acked.extend(a..=b);
     }
-    let (records, _) = read_down(&wal, 1, 4000, &acked);
-    assert_eq!(records.len(), 4000 - acked.len());
+    let (records, _) = read_down(&wal, 1, 6000, &acked);
+    assert_eq!(records.len(), 6000 - acked.len());
     wal.close().await;
 }
 
