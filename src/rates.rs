@@ -203,7 +203,7 @@ mod tests {
         assert_eq!(e.catchup_seconds[1].1, 10.0);
         assert_eq!(e.budget_full_seconds, f64::INFINITY);
         // A full budget is full now, whatever the rate.
-        r.push(at(t0, 26, 0, 50, vec![150, 32], vec![0, 18]));
+        r.push(at(t0, 25, 0, 50, vec![150, 30], vec![0, 20]));
         assert_eq!(r.estimates().unwrap().budget_full_seconds, 0.0);
     }
 }
