@@ -76,6 +76,9 @@ pub enum Intake<'a> {
     Discarded {
         removed: Removed,
     },
+    /// It held no span: answered success, nothing stored (counted, not itemized
+    /// in the ledger: there is nothing to account for).
+    Empty,
     Refused(&'a Rejection),
     /// The client went away before it was answered. If it got as far as the
     /// append, the record was stored (with its `accepted` entry) all the same.
@@ -84,12 +87,13 @@ pub enum Intake<'a> {
 
 impl Intake<'_> {
     /// Every outcome label that is not a refusal.
-    pub const SUCCESSES: [&'static str; 3] = ["accepted", "duplicate", "abandoned"];
+    pub const SUCCESSES: [&'static str; 4] = ["accepted", "duplicate", "empty", "abandoned"];
 
     pub fn label(&self) -> &'static str {
         match self {
             Self::Stored { .. } | Self::Discarded { .. } => "accepted",
             Self::Duplicate { .. } => "duplicate",
+            Self::Empty => "empty",
             Self::Refused(r) => r.kind(),
             Self::Abandoned => "abandoned",
         }
@@ -128,7 +132,13 @@ pub struct Stored<'a> {
 pub struct Accounts {
     ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
+    /// Refusals are logged at `warn`, at most one line per kind every
+    /// [`REFUSALS_EVERY`], with how many went unlogged since.
+    refusals: Vec<(crate::throttle::Throttle, std::sync::atomic::AtomicU64)>,
 }
+
+/// How often each kind of refusal is logged at most.
+const REFUSALS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn key_str(key: Option<&Bytes>) -> Option<String> {
     key.map(|k| String::from_utf8_lossy(k).into_owned())
@@ -136,7 +146,48 @@ fn key_str(key: Option<&Bytes>) -> Option<String> {
 
 impl Accounts {
     pub fn new(ledger: Arc<Ledger>, metrics: Arc<Metrics>) -> Self {
-        Self { ledger, metrics }
+        let refusals = Rejection::KINDS
+            .iter()
+            .map(|_| {
+                (
+                    crate::throttle::Throttle::new(REFUSALS_EVERY),
+                    std::sync::atomic::AtomicU64::new(0),
+                )
+            })
+            .collect();
+        Self {
+            ledger,
+            metrics,
+            refusals,
+        }
+    }
+
+    /// A refused request, logged (at most once per kind per interval).
+    fn log_refusal(&self, r: &RequestOutcome<'_>, rejection: &Rejection) {
+        use std::sync::atomic::Ordering;
+        let kind = rejection.kind();
+        let Some((throttle, unlogged)) = Rejection::KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.refusals.get(i))
+        else {
+            return;
+        };
+        if throttle.allow() {
+            let client = r.peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+            tracing::warn!(
+                reason = kind,
+                protocol = r.protocol,
+                client = %client,
+                tenant = r.tenant.unwrap_or("-"),
+                detail = %rejection.message(),
+                also_refused = unlogged.swap(0, Ordering::Relaxed),
+                "request refused"
+            );
+        } else {
+            unlogged.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(reason = kind, detail = %rejection.message(), protocol = r.protocol, peer = ?r.peer, "request refused");
+        }
     }
 
     pub fn ledger(&self) -> &Arc<Ledger> {
@@ -227,7 +278,7 @@ impl Accounts {
         let client = || r.peer.map(|p| p.to_string());
         let tenant = r.tenant.map(str::to_string);
         match r.intake {
-            Intake::Stored { .. } | Intake::Abandoned => {}
+            Intake::Stored { .. } | Intake::Abandoned | Intake::Empty => {}
             Intake::Duplicate { seq } => {
                 self.ledger.write_or_tally(&Entry::Deduplicated {
                     t: now_ms(),
@@ -265,7 +316,7 @@ impl Accounts {
                     detail: rejection.message(),
                     tenant,
                 });
-                tracing::debug!(reason = rejection.kind(), detail = %rejection.message(), protocol = r.protocol, peer = ?r.peer, "request refused");
+                self.log_refusal(r, rejection);
             }
         }
         self.metrics.received(r.protocol, r.intake.label());

@@ -4,7 +4,7 @@
 //!
 //! | metric | labels | what |
 //! |---|---|---|
-//! | `tracespool_receiver_requests_total` | protocol, outcome | requests by outcome: accepted, duplicate, abandoned (the client left before the answer), invalid, too_large, unsupported_media, full, in_flight, unavailable, unauthenticated, timed_out |
+//! | `tracespool_receiver_requests_total` | protocol, outcome | requests by outcome: accepted, duplicate, empty (no span: answered success, not stored), abandoned (the client left before the answer), invalid, too_large, unsupported_media, full, in_flight, unavailable, unauthenticated, timed_out |
 //! | `tracespool_spans_received_total` | protocol | spans in valid requests |
 //! | `tracespool_spans_persisted_total` | | spans durable in the log |
 //! | `tracespool_spans_delivered_total` | destination | spans a backend accepted |

@@ -231,3 +231,74 @@ async fn wrong_method_and_path_are_refused() {
     assert_eq!(other.status, 404);
     assert!(spool.is_running());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_requests_are_answered_success_counted_and_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(Kind::Grpc).await;
+    let mut spool = Spool::new(
+        dir.path(),
+        "",
+        &[Dest::new("b", &backend.endpoint(), "grpc")],
+    );
+    spool.start();
+    let url = format!("http://{}/v1/traces", spool.http);
+    let json = [("content-type", "application/json")];
+    let pb = [("content-type", "application/x-protobuf")];
+    for body in [
+        &br#"{"resourceSpans":[]}"#[..],
+        br#"{}"#,
+        br#"{"resourceSpans":[{"resource":{},"scopeSpans":[{"spans":[]}]}]}"#,
+    ] {
+        let a = raw::http_post(&url, &json, body.to_vec()).await;
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(body));
+    }
+    let a = raw::http_post(&url, &pb, Vec::new()).await;
+    assert_eq!(a.status, 200);
+    raw::grpc_export(&spool.grpc_endpoint(), Vec::new(), None)
+        .await
+        .unwrap();
+    // Counted as empty, nothing stored, nothing exported.
+    let empty = |p: &'static str| {
+        let spool = &spool;
+        async move {
+            spool
+                .metric(&format!(
+                    "tracespool_receiver_requests_total{{protocol=\"{p}\",outcome=\"empty\"}}"
+                ))
+                .await
+        }
+    };
+    assert_eq!(empty("http/json").await, 3.0);
+    assert_eq!(empty("http/protobuf").await, 1.0);
+    assert_eq!(empty("grpc").await, 1.0);
+    let (_, st) = spool.tool_json(&["status"]).await;
+    assert_eq!(st["wal"]["last_seq"], 0, "{st:#}");
+    // A real request after them is the first record.
+    let (body, ids) = raw::request("after-empty", 1, 2);
+    raw::grpc_export(&spool.grpc_endpoint(), body, None)
+        .await
+        .unwrap();
+    let want: std::collections::BTreeSet<String> = ids.into_iter().collect();
+    support::assert_delivered(&backend, &want, "the real request").await;
+    assert_eq!(backend.received().len(), 1, "no empty export downstream");
+    // Refusals are logged at warn with client, protocol and reason, a line per
+    // kind per 10 s however many come.
+    for _ in 0..5 {
+        let a = raw::http_post(&url, &json, b"{\"resourceSpans\": [".to_vec()).await;
+        assert_eq!(a.status, 400);
+    }
+    let refused: Vec<serde_json::Value> = spool
+        .log_lines()
+        .into_iter()
+        .filter(|l| l["message"] == "request refused" && l["level"] == "WARN")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["reason"], "invalid");
+    assert_eq!(refused[0]["protocol"], "http/json");
+    assert!(refused[0]["client"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    spool.terminate();
+}

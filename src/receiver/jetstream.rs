@@ -211,6 +211,7 @@ async fn take(message: async_nats::jetstream::Message, ingest: &Ingest, metrics:
                 Accepted::Stored { .. } => "stored",
                 Accepted::Duplicate { .. } => "duplicate",
                 Accepted::Discarded { .. } => "discarded",
+                Accepted::Empty => "empty",
             });
             AckKind::Ack
         }

@@ -110,6 +110,9 @@ pub enum Accepted {
     /// The processors left no span in it (all sampled out or filtered): nothing to
     /// store, and the ledger says why.
     Discarded { removed: Removed },
+    /// It held no span (`{"resourceSpans":[]}`, a protobuf without spans):
+    /// answered success, not stored, counted as `empty`.
+    Empty,
 }
 
 /// The one way into the log: [`Ingest::receive`] takes a request through
@@ -151,6 +154,7 @@ impl Drop for OutcomeGuard<'_> {
             Some(Ok(Accepted::Stored { seq })) => Intake::Stored { seq: *seq },
             Some(Ok(Accepted::Duplicate { seq })) => Intake::Duplicate { seq: *seq },
             Some(Ok(Accepted::Discarded { removed })) => Intake::Discarded { removed: *removed },
+            Some(Ok(Accepted::Empty)) => Intake::Empty,
             Some(Err(r)) => Intake::Refused(r),
         };
         if let Intake::Refused(Rejection::Full { .. }) = intake {
@@ -267,6 +271,11 @@ impl Ingest {
         };
         let (protobuf, spans) = decode(req.source, body)?;
         seen.spans = spans;
+        if spans == 0 {
+            // Nothing to keep: a record of no span would only become an empty
+            // export downstream.
+            return Ok(Accepted::Empty);
+        }
         self.store(Batch {
             protobuf,
             as_received,
