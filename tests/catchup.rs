@@ -11,6 +11,8 @@ use support::raw;
 use support::spool::{Dest, Spool};
 
 const LIMIT: f64 = 200.0 * 1024.0;
+const EXPIRED: &str = "tracespool_records_dropped_total{reason=\"expired\",destination=\"b\"}";
+const BACKLOG: &str = "tracespool_backlog_records{destination=\"b\"}";
 
 /// Fills a spool while its backend is down, lets it drain under the limit while
 /// every fifth request fails and is retried, and returns the rate the backend saw
@@ -130,18 +132,9 @@ async fn records_older_than_max_age_expire_counted_logged_and_audited() {
         old.extend(ids);
     }
     // The link stays down past their age; they expire while being retried.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while spool
-        .metric("tracespool_records_dropped_total{reason=\"expired\",destination=\"b\"}")
-        .await
-        < 4.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the old records were not all expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    spool
+        .wait_metric(EXPIRED, Duration::from_secs(15), |n| n >= 4.0)
+        .await;
     let mut fresh = Vec::new();
     for b in 10..14 {
         let (body, ids) = raw::request("fresh", b, 3);
@@ -272,18 +265,7 @@ async fn live_first_sends_fresh_spans_within_two_seconds_while_a_gigabyte_backlo
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     // Each fresh request arrived within 2 s of being sent…
-    let ids_at = |wanted: &str| {
-        let id: [u8; 8] = (0..8)
-            .map(|i| u8::from_str_radix(&wanted[2 * i..2 * i + 2], 16).unwrap())
-            .collect::<Vec<_>>()
-            .try_into()
-            .unwrap();
-        backend
-            .arrivals()
-            .iter()
-            .find(|a| a.span_ids.contains(&id))
-            .map(|a| a.at)
-    };
+    let ids_at = |id: &str| backend.arrival_of(id);
     let mut latest = Instant::now();
     for (sent, ids) in &fresh {
         assert!(
@@ -349,15 +331,9 @@ async fn live_first_sends_fresh_spans_within_two_seconds_while_a_gigabyte_backlo
         "{text}"
     );
     // The backlog finishes; every record arrived once.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while spool
-        .metric("tracespool_backlog_records{destination=\"b\"}")
-        .await
-        > 0.0
-    {
-        assert!(Instant::now() < deadline, "the backlog never drained");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    spool
+        .wait_metric(BACKLOG, Duration::from_secs(120), |n| n == 0.0)
+        .await;
     let arrivals = backend.arrivals();
     let mut seqs: Vec<u64> = arrivals.iter().map(|a| seq_of(&a.key)).collect();
     seqs.sort_unstable();
@@ -398,32 +374,17 @@ async fn newest_first_sends_the_backlog_in_descending_seq_order_and_expires_the_
     };
     // Ten records go stale during the outage.
     send("stale", 0, 10).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while spool
-        .metric("tracespool_records_dropped_total{reason=\"expired\",destination=\"b\"}")
-        .await
-        < 10.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the stale records did not expire"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    spool
+        .wait_metric(EXPIRED, Duration::from_secs(20), |n| n >= 10.0)
+        .await;
     // Thirty more while the link is still down; it returns when they are older
     // than live_lag but younger than max_age.
     send("recent", 10, 40).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     backend.set_mode(Mode::Accept);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while spool
-        .metric("tracespool_backlog_records{destination=\"b\"}")
-        .await
-        > 0.0
-    {
-        assert!(Instant::now() < deadline, "the backlog never drained");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    spool
+        .wait_metric(BACKLOG, Duration::from_secs(20), |n| n == 0.0)
+        .await;
     // The first of them was in flight in the live lane; the rest came newest
     // first.
     let seqs: Vec<u64> = backend.received().iter().map(|r| seq_of(&r.key)).collect();

@@ -127,6 +127,21 @@ struct Netns {
 }
 
 impl Netns {
+    /// A namespace for `scenario`, or `None` after saying why there is none (a
+    /// panic where `TRACESPOOL_REQUIRE_NETNS` is set).
+    fn for_scenario(scenario: &str, rate: &str) -> Option<Self> {
+        match Self::create(rate) {
+            Ok(ns) => Some(ns),
+            Err(e) => {
+                if std::env::var("TRACESPOOL_REQUIRE_NETNS").is_ok() {
+                    panic!("{scenario}: network namespaces are required here: {e}");
+                }
+                println!("SKIPPED {scenario}: cannot make a network namespace with tbf: {e}");
+                None
+            }
+        }
+    }
+
     fn create(rate: &str) -> Result<Self, String> {
         let id = std::process::id() % 200 + 20;
         let name = format!("tsp-chaos-{}", std::process::id());
@@ -226,15 +241,8 @@ async fn a_thin_uplink_capped_by_tbf_delivers_everything_within_the_cap() {
     let Some(_serial) = crate::can_run(name) else {
         return;
     };
-    let ns = match Netns::create("2mbit") {
-        Ok(ns) => ns,
-        Err(e) => {
-            if std::env::var("TRACESPOOL_REQUIRE_NETNS").is_ok() {
-                panic!("{name}: network namespaces are required here: {e}");
-            }
-            println!("SKIPPED {name}: cannot make a network namespace with tbf: {e}");
-            return;
-        }
+    let Some(ns) = Netns::for_scenario(name, "2mbit") else {
+        return;
     };
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
@@ -294,15 +302,8 @@ async fn a_thin_uplink_catching_up_stays_within_it_and_sends_fresh_spans_first()
     let Some(_serial) = crate::can_run(name) else {
         return;
     };
-    let ns = match Netns::create("2mbit") {
-        Ok(ns) => ns,
-        Err(e) => {
-            if std::env::var("TRACESPOOL_REQUIRE_NETNS").is_ok() {
-                panic!("{name}: network namespaces are required here: {e}");
-            }
-            println!("SKIPPED {name}: cannot make a network namespace with tbf: {e}");
-            return;
-        }
+    let Some(ns) = Netns::for_scenario(name, "2mbit") else {
+        return;
     };
     use crate::support::{backend::Mode, raw};
     let dir = tempfile::tempdir().unwrap();
@@ -342,15 +343,7 @@ async fn a_thin_uplink_catching_up_stays_within_it_and_sends_fresh_spans_first()
         fresh.push((sent, ids[0].clone()));
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let arrived = |id: &str| {
-        let id: Vec<u8> = (0..8)
-            .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
-            .collect();
-        h.arrivals()
-            .iter()
-            .find(|a| a.span_ids.iter().any(|s| s[..] == id[..]))
-            .map(|a| a.at)
-    };
+    let arrived = |id: &str| h.arrival_of(id);
     let mut last_fresh = returned;
     for (sent, id) in &fresh {
         assert!(

@@ -266,6 +266,20 @@ impl Backend {
         self.state.arrivals.lock().unwrap().clone()
     }
 
+    /// When the (lean) request holding the span `span_id` (hex) arrived.
+    pub fn arrival_of(&self, span_id: &str) -> Option<std::time::Instant> {
+        let id: Vec<u8> = (0..8)
+            .map(|i| u8::from_str_radix(span_id.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect::<Option<_>>()?;
+        self.state
+            .arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|a| a.span_ids.iter().any(|s| s[..] == id[..]))
+            .map(|a| a.at)
+    }
+
     pub fn wire(&self) -> Vec<WireBody> {
         self.state.wire.lock().unwrap().clone()
     }

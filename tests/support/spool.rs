@@ -306,6 +306,28 @@ impl Spool {
         metric_value(&self.metrics().await, series)
     }
 
+    /// Polls one series of `/metrics` until `ok` holds for its value; panics with
+    /// the last value after `timeout`.
+    pub async fn wait_metric(
+        &self,
+        series: &str,
+        timeout: Duration,
+        ok: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(series).await;
+            if ok(v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} stayed at {v} for {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Runs a tool (`status`, `wal verify`, ...) on this spool's config, in a
     /// blocking thread; returns its exit code, stdout and stderr.
     pub async fn tool(&self, args: &[&str]) -> (i32, String, String) {
