@@ -16,7 +16,7 @@ const BACKLOG: &str = "tracespool_backlog_records{destination=\"b\"}";
 
 /// Fills a spool while its backend is down, lets it drain under the limit while
 /// every fifth request fails and is retried, and returns the rate the backend saw
-/// over 8 s (every attempt's bytes, the failed ones too).
+/// over 30 s (every attempt's bytes, the failed ones too).
 async fn drained_rate(dir: &std::path::Path, storage: &str, compression: &str) -> f64 {
     let backend = Backend::start(Kind::Http).await;
     backend.set_mode(Mode::Unavailable);
@@ -28,14 +28,14 @@ async fn drained_rate(dir: &std::path::Path, storage: &str, compression: &str) -
         ))],
     );
     spool.start();
-    // Enough backlog for more than 10 s at the limit, in requests of 64 spans.
+    // Enough backlog for more than the 32 s at the limit, in requests of 64 spans.
     let mut ids = Vec::new();
     let mut i = 0u64;
     while spool
         .metric("tracespool_backlog_bytes{destination=\"b\"}")
         .await
-        < 3.0 * LIMIT * 10.0
-        && i < 5000
+        < LIMIT * 40.0
+        && i < 10_000
     {
         for _ in 0..50 {
             let (body, mut got) = raw::realistic(64, 1000 + i);
@@ -49,13 +49,13 @@ async fn drained_rate(dir: &std::path::Path, storage: &str, compression: &str) -
     let stored = spool
         .metric("tracespool_wal_record_bytes_total{form=\"stored\"}")
         .await;
-    assert!(stored > LIMIT * 10.0, "backlog too small: {stored}");
+    assert!(stored > LIMIT * 36.0, "backlog too small: {stored}");
     // The link comes back, flaky: one request in five fails and is retried.
-    // Measured from 1 s to 9 s.
+    // Measured from 1 s to 31 s.
     backend.set_mode(Mode::FailEvery(5));
     let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let (from, to) = (t0 + Duration::from_secs(1), t0 + Duration::from_secs(9));
+    tokio::time::sleep(Duration::from_secs(32)).await;
+    let (from, to) = (t0 + Duration::from_secs(1), t0 + Duration::from_secs(31));
     let egress = spool
         .metric("tracespool_egress_bytes_total{destination=\"b\"}")
         .await;
@@ -91,20 +91,22 @@ async fn drained_rate(dir: &std::path::Path, storage: &str, compression: &str) -
         "egress {egress} vs {on_wire} on the wire"
     );
     spool.terminate();
-    bytes as f64 / 8.0
+    bytes as f64 / 30.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_drains_within_the_egress_limit_with_and_without_compression() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, storage, compression) in [
-        ("plain", "", "none"),
-        ("zstd", "compression = \"zstd\"", "zstd"),
-    ] {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        let rate = drained_rate(&d, storage, compression).await;
-        println!("{name}: {rate:.0} bytes/s on the wire (limit {LIMIT:.0})");
+    // Both at once (the limit, not the machine, sets the pace).
+    let (plain, zstd) = (dir.path().join("plain"), dir.path().join("zstd"));
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::create_dir_all(&zstd).unwrap();
+    let rates = tokio::join!(
+        drained_rate(&plain, "", "none"),
+        drained_rate(&zstd, "compression = \"zstd\"", "zstd"),
+    );
+    for (name, rate) in [("plain", rates.0), ("zstd", rates.1)] {
+        println!("{name}: {rate:.0} bytes/s on the wire over 30 s (limit {LIMIT:.0})");
         assert!(
             (rate - LIMIT).abs() <= LIMIT * 0.10,
             "{name}: {rate:.0} bytes/s, limit {LIMIT:.0}"
