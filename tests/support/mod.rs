@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod nats;
+pub mod node;
 pub mod pki;
 pub mod python;
 pub mod raw;
