@@ -4,7 +4,7 @@
 //! encoding of the same spans (`otlp-transformer`), field by field: attributes of
 //! every type (doubles at full precision and at the small extremes included),
 //! events, links, tracestate, flags, kinds, unicode statuses, dropped counts. (The
-//! Python SDK's exporters are in `tests/e2e_clients.rs`.)
+//! Python SDK's exporters are compared the same way below.)
 
 mod support;
 
@@ -143,6 +143,137 @@ async fn javascript_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encod
             .collect::<std::collections::BTreeSet<_>>()
             .len(),
         5
+    );
+    spool.terminate();
+}
+
+/// (service, first span id) of a request: which SDK batch it is.
+fn batch_of(r: &ExportTraceServiceRequest) -> (String, Vec<u8>) {
+    let first = r
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|s| &s.spans)
+        .next()
+        .map(|s| s.span_id.clone())
+        .unwrap_or_default();
+    (service(r), first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(Kind::Grpc).await;
+    let mut spool = Spool::new(
+        dir.path(),
+        "",
+        &[Dest::new("b", &backend.endpoint(), "grpc")],
+    );
+    spool.start();
+    // Every attribute type the Python SDK takes, at the edges.
+    let extras = dir.path().join("attributes.json");
+    std::fs::write(
+        &extras,
+        r#"{"resource": {"res.unicode": "värde ✓ 日本"},
+            "scope": {"scope.n": 7},
+            "span": {"int.max": 9223372036854775807, "int.min": -9223372036854775808,
+                     "int.past53": 9007199254740993, "double.tiny": 5e-324,
+                     "double.max": 1.7976931348623157e308, "double.neg": -8.485828396444299e-16,
+                     "arr.int": [1, -2, 9007199254740993], "arr.double": [0.1, 1.5e-300],
+                     "arr.bool": [true, false], "unicode": "ü ✓ 日本語 — ß", "empty": ""},
+            "event": {"e.d": 1.5e-300, "e.s": "ß"},
+            "link": {"l.s": "x", "l.n": -1}}"#,
+    )
+    .unwrap();
+    let (g, h) = (spool.grpc_endpoint(), spool.http_endpoint());
+    let extras = extras.display().to_string();
+    let mut runs = Vec::new();
+    for (proto, endpoint) in [("grpc", &g), ("http", &h)] {
+        for gzip in [false, true] {
+            let name = format!("py-{proto}-{}", if gzip { "gzip" } else { "plain" });
+            let encoding = dir.path().join(&name).display().to_string();
+            let mut args = vec![
+                "--protocol",
+                proto,
+                "--endpoint",
+                endpoint,
+                "--batches",
+                "3",
+                "--spans",
+                "6",
+                "--spans-per-trace",
+                "3",
+                "--prefix",
+                &name,
+                "--service",
+                &name,
+                "--attributes-json",
+                &extras,
+                "--max-attributes",
+                "14",
+                "--sdk-encoding",
+                &encoding,
+            ];
+            if gzip {
+                args.push("--gzip");
+            }
+            let r = support::python::spawn(dir.path(), &name, &args).wait();
+            assert!(r.success, "{name}: {:?}\n{}", r.summary, r.stderr);
+            runs.push((name, encoding));
+        }
+    }
+    let want: Vec<(String, ExportTraceServiceRequest)> = runs
+        .iter()
+        .flat_map(|(name, encoding)| {
+            (0..3).map(move |b| {
+                let bytes = std::fs::read(format!("{encoding}.{b}.pb")).unwrap();
+                (
+                    format!("{name} batch {b}"),
+                    ExportTraceServiceRequest::decode(&bytes[..]).unwrap(),
+                )
+            })
+        })
+        .collect();
+    assert!(
+        support::eventually(Duration::from_secs(30), || backend.received().len()
+            >= want.len())
+        .await,
+        "{} of {} requests arrived",
+        backend.received().len(),
+        want.len()
+    );
+    let received = backend.received();
+    assert_eq!(received.len(), want.len(), "each batch once");
+    for (what, sdk) in &want {
+        let got: Vec<_> = received
+            .iter()
+            .filter(|r| batch_of(&r.request) == batch_of(sdk))
+            .collect();
+        assert_eq!(got.len(), 1, "{what}: arrived {} times", got.len());
+        assert!(
+            &got[0].request == sdk,
+            "{what}: what arrived is not what the SDK sent: {}",
+            first_difference(&got[0].request, sdk)
+        );
+    }
+    let spans: Vec<_> = want
+        .iter()
+        .flat_map(|(_, r)| &r.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    assert_eq!(spans.len(), 4 * 3 * 6);
+    assert!(
+        spans.iter().any(|s| s.dropped_attributes_count > 0),
+        "no dropped counts"
+    );
+    assert!(
+        spans.iter().any(|s| !s.links.is_empty()) && spans.iter().any(|s| !s.events.is_empty())
+    );
+    println!(
+        "python: {} batches, {} spans, each equal to the SDK's encoding",
+        want.len(),
+        spans.len()
     );
     spool.terminate();
 }

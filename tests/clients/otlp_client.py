@@ -19,7 +19,8 @@ import time
 
 try:
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
@@ -59,7 +60,8 @@ def batch_maker(args):
     resource = Resource.create({"service.name": args.service, "test.run": args.prefix, "host.kind": "edge",
                                 **extra.get("resource", {})})
     memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=resource)
+    limits = SpanLimits(max_span_attributes=args.max_attributes) if args.max_attributes else None
+    provider = TracerProvider(resource=resource, span_limits=limits)
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("tracespool.tests", "1.0", attributes=extra.get("scope") or None)
 
@@ -90,7 +92,7 @@ def batch_maker(args):
             ) as span:
                 span.add_event("step", {"n": s, **extra.get("event", {})})
                 if s % 5 == 4:
-                    span.set_status(Status(StatusCode.ERROR, "boom"))
+                    span.set_status(Status(StatusCode.ERROR, "boom ✗ échec 失败"))
                 if parent is None:
                     parent = span
                 if child_of is None:
@@ -155,6 +157,8 @@ def main():
     p.add_argument("--client-cert", help="client certificate (PEM), for mTLS")
     p.add_argument("--client-key", help="its private key (PEM)")
     p.add_argument("--attributes-json", help="a JSON file of attributes per scope to put on every span (see make_batches)")
+    p.add_argument("--max-attributes", type=int, default=0, help="the SDK's attribute limit per span (0: its default)")
+    p.add_argument("--sdk-encoding", help="write the SDK's own protobuf encoding of each acknowledged batch to <this>.<n>.pb")
     args = p.parse_args()
 
     # The exporters' warnings go to stderr (the tests watch them) and are counted.
@@ -187,6 +191,9 @@ def main():
                 if shared is None:
                     exp.shutdown()
             if result == SpanExportResult.SUCCESS:
+                if args.sdk_encoding:
+                    with open(f"{args.sdk_encoding}.{n}.pb", "wb") as f:
+                        f.write(encode_spans(batch).SerializeToString())
                 print(json.dumps({"batch": n, "key": key, "t": time.time(), "spans": [describe(s) for s in batch]}), flush=True)
                 break
             failures += 1
