@@ -139,6 +139,10 @@ fn describe(e: &serde_json::Error) -> String {
 }
 
 #[cfg(test)]
+#[path = "json_roundtrip.rs"]
+mod roundtrip;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
