@@ -25,15 +25,160 @@ use super::wire::{inspect_trace_request, Summary};
 /// Converts an OTLP/JSON trace request to protobuf bytes and counts its spans.
 pub fn json_to_protobuf(body: &[u8]) -> Result<(Vec<u8>, Summary), String> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let req: ExportTraceServiceRequest = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| format!("invalid OTLP JSON: {}", explain(body, &e)))?;
-    de.end()
-        .map_err(|e| format!("invalid OTLP JSON: {}", describe(&e)))?;
+    let parsed = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| format!("invalid OTLP JSON: {}", explain(body, &e)))
+        .and_then(|req: ExportTraceServiceRequest| {
+            de.end()
+                .map_err(|e| format!("invalid OTLP JSON: {}", describe(&e)))?;
+            Ok(req)
+        });
+    let req = match parsed {
+        Ok(req) => req,
+        // Read again only if spelled-out doubles were in the way; then its own
+        // error (past them) is the one that counts.
+        Err(e) => non_finite::read(body).unwrap_or(Err(e))?,
+    };
     let bytes = req.encode_to_vec();
     // The same checks as a protobuf request (id lengths, for instance).
     let summary =
         inspect_trace_request(&bytes).map_err(|e| format!("invalid OTLP JSON: {}", e.what))?;
     Ok((bytes, summary))
+}
+
+/// The proto3 JSON mapping spells non-finite doubles as strings (`"NaN"`,
+/// `"Infinity"`, `"-Infinity"`, as Go's protojson and the Collector write them);
+/// the crate's AnyValue reader takes numbers only. A request that failed for that
+/// is read again with each such value replaced by a sentinel double the document
+/// does not hold anywhere else, and the sentinels put back as NaN and ±∞.
+mod non_finite {
+    use std::collections::HashSet;
+
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use serde_json::Value as J;
+
+    const SPELLED: [(&str, f64); 3] = [
+        ("NaN", f64::NAN),
+        ("Infinity", f64::INFINITY),
+        ("-Infinity", f64::NEG_INFINITY),
+    ];
+
+    /// `None` when the document spells no double out; else the request read with
+    /// them, or what else is wrong with it.
+    pub fn read(body: &[u8]) -> Option<Result<ExportTraceServiceRequest, String>> {
+        if memchr::memmem::find(body, b"NaN").is_none()
+            && memchr::memmem::find(body, b"Infinity").is_none()
+        {
+            return None;
+        }
+        let mut doc: J = serde_json::from_slice(body).ok()?;
+        let mut present = HashSet::new();
+        numbers(&doc, &mut present);
+        // Three subnormals the document does not hold.
+        let mut sentinels = [0u64; 3];
+        let mut candidate = 0x000f_ade0_0000_0001u64;
+        for s in &mut sentinels {
+            while present.contains(&candidate) {
+                candidate += 1;
+            }
+            *s = candidate;
+            candidate += 1;
+        }
+        if !replace(&mut doc, &sentinels) {
+            return None;
+        }
+        let mut req: ExportTraceServiceRequest = match serde_path_to_error::deserialize(doc) {
+            Ok(r) => r,
+            Err(e) => {
+                return Some(Err(format!(
+                    "invalid OTLP JSON: {}",
+                    super::explain(body, &e)
+                )))
+            }
+        };
+        for rs in &mut req.resource_spans {
+            if let Some(r) = rs.resource.as_mut() {
+                restore_all(&mut r.attributes, &sentinels);
+            }
+            for ss in &mut rs.scope_spans {
+                if let Some(sc) = ss.scope.as_mut() {
+                    restore_all(&mut sc.attributes, &sentinels);
+                }
+                for span in &mut ss.spans {
+                    restore_all(&mut span.attributes, &sentinels);
+                    for e in &mut span.events {
+                        restore_all(&mut e.attributes, &sentinels);
+                    }
+                    for l in &mut span.links {
+                        restore_all(&mut l.attributes, &sentinels);
+                    }
+                }
+            }
+        }
+        Some(Ok(req))
+    }
+
+    /// The bit patterns of every number in the document.
+    fn numbers(v: &J, out: &mut HashSet<u64>) {
+        match v {
+            J::Number(n) => {
+                if let Some(f) = n.as_f64() {
+                    out.insert(f.to_bits());
+                }
+            }
+            J::Array(a) => a.iter().for_each(|v| numbers(v, out)),
+            J::Object(o) => o.values().for_each(|v| numbers(v, out)),
+            _ => {}
+        }
+    }
+
+    /// Puts a sentinel in for every spelled-out `doubleValue`; whether there was one.
+    fn replace(v: &mut J, sentinels: &[u64; 3]) -> bool {
+        match v {
+            J::Array(a) => a
+                .iter_mut()
+                .fold(false, |any, v| replace(v, sentinels) | any),
+            J::Object(o) => {
+                let mut any = false;
+                if let Some(d) = o.get_mut("doubleValue") {
+                    let spelled = d
+                        .as_str()
+                        .and_then(|s| SPELLED.iter().position(|(w, _)| *w == s));
+                    if let Some(i) = spelled {
+                        let n = serde_json::Number::from_f64(f64::from_bits(sentinels[i]));
+                        if let Some(n) = n {
+                            *d = J::Number(n);
+                            any = true;
+                        }
+                    }
+                }
+                o.values_mut()
+                    .fold(any, |any, v| replace(v, sentinels) | any)
+            }
+            _ => false,
+        }
+    }
+
+    fn restore_all(kvs: &mut [KeyValue], sentinels: &[u64; 3]) {
+        for kv in kvs {
+            if let Some(v) = kv.value.as_mut() {
+                restore(v, sentinels);
+            }
+        }
+    }
+
+    fn restore(v: &mut AnyValue, sentinels: &[u64; 3]) {
+        match v.value.as_mut() {
+            Some(Value::DoubleValue(d)) => {
+                if let Some(i) = sentinels.iter().position(|s| *s == d.to_bits()) {
+                    *d = SPELLED[i].1;
+                }
+            }
+            Some(Value::ArrayValue(a)) => a.values.iter_mut().for_each(|v| restore(v, sentinels)),
+            Some(Value::KvlistValue(l)) => restore_all(&mut l.values, sentinels),
+            _ => {}
+        }
+    }
 }
 
 /// `<path>: <what is wrong>`, for a value that does not fit the mapping.
@@ -96,17 +241,19 @@ fn otlp_path(body: &[u8], path: &serde_path_to_error::Path) -> String {
 /// What is wrong, in words (serde's messages name our types, not the mapping's).
 fn reason(e: &serde_json::Error) -> String {
     let msg = describe(e);
-    let at = format!("line {} column {}", e.line(), e.column());
+    // (No position when the document was read again as a tree.)
+    let at = match e.line() {
+        0 => String::new(),
+        line => format!(" (at line {line} column {})", e.column()),
+    };
     if msg.contains("untagged enum StringOrInt") {
-        format!(
-            "expected a 64-bit integer, as a JSON number or a string of decimal digits (at {at})"
-        )
+        format!("expected a 64-bit integer, as a JSON number or a string of decimal digits{at}")
     } else if msg.contains("surrogate") || msg.contains("hex escape") {
         format!(
-            "a \\u escape that is not a whole Unicode character (a lone UTF-16 surrogate such as \\ud800, which JavaScript's JSON.stringify writes for a broken string); OTLP strings must be valid Unicode (at {at})"
+            "a \\u escape that is not a whole Unicode character (a lone UTF-16 surrogate such as \\ud800, which JavaScript's JSON.stringify writes for a broken string); OTLP strings must be valid Unicode{at}"
         )
     } else if msg.contains("invalid digit found in string") || msg.contains("number too large") {
-        format!("expected a 64-bit integer, got a string that is not one (at {at})")
+        format!("expected a 64-bit integer, got a string that is not one{at}")
     } else {
         msg
     }
@@ -271,5 +418,64 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    #[test]
+    fn non_finite_doubles_spelled_as_the_mapping_spells_them_are_read() {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        // The first sentinel candidate is also in the document as a real value:
+        // it stays as it is.
+        let sentinel = f64::from_bits(0x000f_ade0_0000_0001);
+        let body = format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"s",
+            "attributes":[{{"key":"nan","value":{{"doubleValue":"NaN"}}}},{{"key":"inf","value":{{"doubleValue":"Infinity"}}}},
+                          {{"key":"real","value":{{"doubleValue":{sentinel:?}}}}},
+                          {{"key":"arr","value":{{"arrayValue":{{"values":[{{"doubleValue":"-Infinity"}},{{"doubleValue":0.5}}]}}}}}},
+                          {{"key":"kv","value":{{"kvlistValue":{{"values":[{{"key":"k","value":{{"doubleValue":"NaN"}}}}]}}}}}}],
+            "events":[{{"name":"e","attributes":[{{"key":"d","value":{{"doubleValue":"Infinity"}}}}]}}]}}]}}]}}]}}"#
+        );
+        let (bytes, _) = json_to_protobuf(body.as_bytes()).unwrap();
+        let req = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
+        let span = &req.resource_spans[0].scope_spans[0].spans[0];
+        let double = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match v
+            .as_ref()
+            .and_then(|v| v.value.as_ref())
+        {
+            Some(Value::DoubleValue(d)) => *d,
+            other => panic!("{other:?}"),
+        };
+        assert!(double(&span.attributes[0].value).is_nan());
+        assert_eq!(double(&span.attributes[1].value), f64::INFINITY);
+        assert_eq!(
+            double(&span.attributes[2].value).to_bits(),
+            sentinel.to_bits()
+        );
+        match span.attributes[3]
+            .value
+            .as_ref()
+            .and_then(|v| v.value.as_ref())
+        {
+            Some(Value::ArrayValue(a)) => {
+                assert_eq!(double(&Some(a.values[0].clone())), f64::NEG_INFINITY);
+                assert_eq!(double(&Some(a.values[1].clone())), 0.5);
+            }
+            other => panic!("{other:?}"),
+        }
+        match span.attributes[4]
+            .value
+            .as_ref()
+            .and_then(|v| v.value.as_ref())
+        {
+            Some(Value::KvlistValue(l)) => assert!(double(&l.values[0].value).is_nan()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(double(&span.events[0].attributes[0].value), f64::INFINITY);
+        // Something else wrong past them is what the refusal names.
+        let e =
+            json_to_protobuf(body.replace("\"name\":\"s\"", "\"name\":7").as_bytes()).unwrap_err();
+        assert!(e.contains("spans[0].name"), "{e}");
+        // Other spellings are still refused, with the path.
+        let e = json_to_protobuf(body.replace("\"NaN\"", "\"nan\"").as_bytes()).unwrap_err();
+        assert!(e.contains("attributes[\"nan\"].value.doubleValue"), "{e}");
     }
 }
