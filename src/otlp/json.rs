@@ -478,4 +478,20 @@ mod tests {
         let e = json_to_protobuf(body.replace("\"NaN\"", "\"nan\"").as_bytes()).unwrap_err();
         assert!(e.contains("attributes[\"nan\"].value.doubleValue"), "{e}");
     }
+
+    #[test]
+    fn unknown_fields_inside_a_value_are_ignored() {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        // The mapping: unknown fields are ignored — here inside an AnyValue, before
+        // and after the known one (a newer proto's field, say).
+        let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"s",
+            "attributes":[{"key":"a","value":{"futureField":{"x":[1,2]},"stringValue":"v","other":7}}]}]}]}]}"#;
+        let (bytes, _) = json_to_protobuf(body).unwrap();
+        let req = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
+        let v = &req.resource_spans[0].scope_spans[0].spans[0].attributes[0].value;
+        assert_eq!(
+            v.as_ref().and_then(|v| v.value.clone()),
+            Some(Value::StringValue("v".into()))
+        );
+    }
 }
