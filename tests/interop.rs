@@ -26,6 +26,46 @@ fn service(r: &ExportTraceServiceRequest) -> String {
         .unwrap_or_default()
 }
 
+/// Every span of a request.
+fn spans_of(
+    r: &ExportTraceServiceRequest,
+) -> impl Iterator<Item = &opentelemetry_proto::tonic::trace::v1::Span> {
+    r.resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|s| &s.spans)
+}
+
+/// Waits for as many requests as `want` holds, then checks each SDK request
+/// arrived exactly once (by service and first span) and equal, field by field.
+async fn assert_each_arrived_once_and_equal(
+    backend: &Backend,
+    want: &[(String, ExportTraceServiceRequest)],
+) {
+    assert!(
+        support::eventually(Duration::from_secs(30), || backend.received().len()
+            >= want.len())
+        .await,
+        "{} of {} requests arrived",
+        backend.received().len(),
+        want.len()
+    );
+    let received = backend.received();
+    assert_eq!(received.len(), want.len(), "each request once");
+    for (what, sdk) in want {
+        let got: Vec<_> = received
+            .iter()
+            .filter(|r| batch_of(&r.request) == batch_of(sdk))
+            .collect();
+        assert_eq!(got.len(), 1, "{what}: arrived {} times", got.len());
+        assert!(
+            &got[0].request == sdk,
+            "{what}: what arrived is not what the SDK sent: {}",
+            first_difference(&got[0].request, sdk)
+        );
+    }
+}
+
 /// Where two requests first differ, span by span.
 fn first_difference(got: &ExportTraceServiceRequest, want: &ExportTraceServiceRequest) -> String {
     for (g, w) in got.resource_spans.iter().zip(&want.resource_spans) {
@@ -87,51 +127,25 @@ async fn javascript_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encod
             cells.push((exporter, compression, sdk));
         }
     }
-    assert!(
-        support::eventually(Duration::from_secs(30), || backend.received().len()
-            >= cells.len())
-        .await,
-        "{} of {} requests arrived",
-        backend.received().len(),
-        cells.len()
-    );
-    let received = backend.received();
-    assert_eq!(received.len(), cells.len(), "one request per cell, once");
     for (exporter, compression, sdk) in &cells {
-        let spans: usize = sdk
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
-        assert_eq!(spans, 40, "{exporter}/{compression}: the SDK's batch");
-        let got: Vec<_> = received
-            .iter()
-            .filter(|r| service(&r.request) == service(sdk))
-            .collect();
         assert_eq!(
-            got.len(),
-            1,
-            "{exporter}/{compression}: arrived {} times",
-            got.len()
+            spans_of(sdk).count(),
+            40,
+            "{exporter}/{compression}: the SDK's batch"
         );
-        let got = &got[0].request;
-        assert!(
-            got == sdk,
-            "{exporter}/{compression}: what arrived is not what the SDK sent: {}",
-            first_difference(got, sdk)
-        );
-        println!("{exporter}/{compression}: {spans} spans, equal to the SDK's encoding");
     }
+    let want: Vec<_> = cells
+        .iter()
+        .map(|(exporter, compression, sdk)| (format!("{exporter}/{compression}"), sdk.clone()))
+        .collect();
+    assert_each_arrived_once_and_equal(&backend, &want).await;
+    println!(
+        "javascript: {} cells of 40 spans, each equal to the SDK's encoding",
+        want.len()
+    );
     // Dropped counts, tracestate and every kind are in there (the matrix means
     // something only if the spans use them).
-    let all: Vec<_> = cells[0]
-        .2
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .flat_map(|s| &s.spans)
-        .collect();
+    let all: Vec<_> = spans_of(&cells[0].2).collect();
     assert!(all.iter().any(|s| s.dropped_attributes_count > 0));
     assert!(all.iter().any(|s| s.trace_state == "vendor=v1,other=x:y"));
     assert!(all
@@ -149,11 +163,7 @@ async fn javascript_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encod
 
 /// (service, first span id) of a request: which SDK batch it is.
 fn batch_of(r: &ExportTraceServiceRequest) -> (String, Vec<u8>) {
-    let first = r
-        .resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|s| &s.spans)
+    let first = spans_of(r)
         .next()
         .map(|s| s.span_id.clone())
         .unwrap_or_default();
@@ -234,34 +244,8 @@ async fn python_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encoding(
             })
         })
         .collect();
-    assert!(
-        support::eventually(Duration::from_secs(30), || backend.received().len()
-            >= want.len())
-        .await,
-        "{} of {} requests arrived",
-        backend.received().len(),
-        want.len()
-    );
-    let received = backend.received();
-    assert_eq!(received.len(), want.len(), "each batch once");
-    for (what, sdk) in &want {
-        let got: Vec<_> = received
-            .iter()
-            .filter(|r| batch_of(&r.request) == batch_of(sdk))
-            .collect();
-        assert_eq!(got.len(), 1, "{what}: arrived {} times", got.len());
-        assert!(
-            &got[0].request == sdk,
-            "{what}: what arrived is not what the SDK sent: {}",
-            first_difference(&got[0].request, sdk)
-        );
-    }
-    let spans: Vec<_> = want
-        .iter()
-        .flat_map(|(_, r)| &r.resource_spans)
-        .flat_map(|r| &r.scope_spans)
-        .flat_map(|s| &s.spans)
-        .collect();
+    assert_each_arrived_once_and_equal(&backend, &want).await;
+    let spans: Vec<_> = want.iter().flat_map(|(_, r)| spans_of(r)).collect();
     assert_eq!(spans.len(), 4 * 3 * 6);
     assert!(
         spans.iter().any(|s| s.dropped_attributes_count > 0),

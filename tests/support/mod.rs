@@ -12,6 +12,25 @@ pub mod spool;
 
 use std::time::{Duration, Instant};
 
+/// Runs `cmd` (no stdin) to its end; `Err` with its exit status and output when it
+/// fails. For the tests' own installs and clients.
+pub fn run(cmd: &mut std::process::Command, what: &str) -> Result<(), String> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// Polls `f` until it returns true or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -42,20 +42,12 @@ pub fn ensure() -> Result<PathBuf, String> {
         "installing the OpenTelemetry JavaScript SDK into {} (once)",
         dir.display()
     );
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("npm ci: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "npm ci failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    super::run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir),
+        "npm ci",
+    )?;
     std::fs::write(&marker, &wanted).map_err(|e| e.to_string())?;
     Ok(dir)
 }
@@ -84,20 +76,13 @@ pub fn send(
     compression: &str,
 ) -> Result<Vec<u8>, String> {
     let out_file = dir.join(format!("sdk-{exporter}-{compression}.pb"));
-    let out = Command::new("node")
-        .arg(dir.join("send.mjs"))
-        .args([exporter, endpoint, compression])
-        .arg(&out_file)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("node: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{exporter}/{compression}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    super::run(
+        Command::new("node")
+            .arg(dir.join("send.mjs"))
+            .args([exporter, endpoint, compression])
+            .arg(&out_file)
+            .current_dir(dir),
+        &format!("node send.mjs {exporter} {compression}"),
+    )?;
     std::fs::read(&out_file).map_err(|e| format!("{}: {e}", out_file.display()))
 }

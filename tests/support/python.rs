@@ -86,22 +86,7 @@ pub fn ensure_venv(workspace: &Path) -> Result<PathBuf, String> {
         return Ok(python);
     }
     let _ = std::fs::remove_dir_all(&venv);
-    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{what}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{what} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
+    let run = super::run;
     eprintln!("setting up {} (once)", venv.display());
     run(
         Command::new("python3").arg("-m").arg("venv").arg(&venv),
