@@ -212,7 +212,11 @@ impl Worker {
             this.cursor.clone(),
             queue,
         ));
-        let commits = Commits(commits);
+        let run = Run {
+            stop,
+            throttle,
+            commits: Commits(commits),
+        };
         tracing::info!(
             destination = %this.name,
             endpoint = %this.cfg.target(),
@@ -221,30 +225,24 @@ impl Worker {
             live_first = this.cfg.live_first,
             "replay worker started"
         );
-        let backlog = this.cfg.live_first.then(|| {
-            tokio::spawn(
-                this.clone()
-                    .backlog_lane(stop.clone(), throttle.clone(), commits.clone()),
-            )
-        });
-        this.clone().live_lane(&stop, &throttle, &commits).await;
+        let backlog = this
+            .cfg
+            .live_first
+            .then(|| tokio::spawn(this.clone().backlog_lane(run.clone())));
+        this.clone().live_lane(&run).await;
         if let Some(b) = backlog {
             let _ = b.await;
         }
         // The committer ends once the last commit queued is done.
-        drop(commits);
+        drop(run);
         let _ = committer.await;
         tracing::info!(destination = %this.name, position = this.cursor.position(), "replay worker stopped");
     }
 
     /// The live lane (the only one without `live_first`): the log in seq order from
     /// the cursor's position, with up to `max_in_flight` exports at once.
-    async fn live_lane(
-        self: Arc<Self>,
-        stop: &CancellationToken,
-        throttle: &Arc<Throttle>,
-        commits: &Commits,
-    ) {
+    async fn live_lane(self: Arc<Self>, run: &Run) {
+        let stop = &run.stop;
         let mut reader = self.cursor.reader();
         self.status
             .lanes
@@ -291,15 +289,7 @@ impl Worker {
                             continue;
                         }
                     }
-                    self.spawn_delivery(
-                        &mut tasks,
-                        record,
-                        Lane::Live,
-                        permit,
-                        stop,
-                        throttle,
-                        commits,
-                    );
+                    self.spawn_delivery(&mut tasks, record, Lane::Live, permit, run);
                 }
             }
         }
@@ -318,13 +308,9 @@ impl Worker {
 
     /// The backlog lane (`live_first`): the ranges the live lane left behind, each
     /// in `backlog_order`, with up to `max_in_flight` exports at once of its own.
-    async fn backlog_lane(
-        self: Arc<Self>,
-        stop: CancellationToken,
-        throttle: Arc<Throttle>,
-        commits: Commits,
-    ) {
+    async fn backlog_lane(self: Arc<Self>, run: Run) {
         use crate::config::BacklogOrder;
+        let stop = &run.stop;
         let slots = Arc::new(Semaphore::new(self.cfg.max_in_flight));
         let mut tasks = JoinSet::new();
         let lanes = &self.status.lanes;
@@ -339,12 +325,12 @@ impl Worker {
                 }
             };
             tracing::info!(destination = %self.name, first_seq = first, last_seq = last, order = ?self.cfg.backlog_order, "backlog lane draining");
-            let mut up = None;
-            let mut down = None;
-            match self.cfg.backlog_order {
-                BacklogOrder::OldestFirst => up = Some(self.cursor.reader_between(first, last)),
-                BacklogOrder::NewestFirst => down = Some(self.cursor.newest_first(first, last)),
-            }
+            let mut range = match self.cfg.backlog_order {
+                BacklogOrder::OldestFirst => {
+                    Range::Up(Box::new(self.cursor.reader_between(first, last)))
+                }
+                BacklogOrder::NewestFirst => Range::Down(self.cursor.newest_first(first, last)),
+            };
             loop {
                 let permit = tokio::select! {
                     p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
@@ -353,10 +339,9 @@ impl Worker {
                 self.reap(&mut tasks);
                 // Every seq of the range is visible: a read that finds nothing
                 // means the range is through.
-                let item = match (&mut up, &mut down) {
-                    (Some(r), _) => r.try_next(),
-                    (_, Some(d)) => d.next_item(),
-                    _ => Ok(None),
+                let item = match &mut range {
+                    Range::Up(r) => r.try_next(),
+                    Range::Down(d) => d.next_item(),
                 };
                 match item {
                     Ok(None) => break,
@@ -369,15 +354,7 @@ impl Worker {
                         drop(permit);
                     }
                     Ok(Some(ReadItem::Record(record))) => {
-                        self.spawn_delivery(
-                            &mut tasks,
-                            record,
-                            Lane::Backlog,
-                            permit,
-                            &stop,
-                            &throttle,
-                            &commits,
-                        );
+                        self.spawn_delivery(&mut tasks, record, Lane::Backlog, permit, &run);
                     }
                 }
             }
@@ -387,23 +364,19 @@ impl Worker {
         tasks.shutdown().await;
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn spawn_delivery(
         self: &Arc<Self>,
         tasks: &mut JoinSet<()>,
         record: Record,
         lane: Lane,
         permit: tokio::sync::OwnedSemaphorePermit,
-        stop: &CancellationToken,
-        throttle: &Arc<Throttle>,
-        commits: &Commits,
+        run: &Run,
     ) {
         let w = self.clone();
-        let stop = stop.clone();
-        let throttle = throttle.clone();
-        let commits = commits.clone();
+        let run = run.clone();
         tasks.spawn(async move {
-            w.deliver(record, lane, &stop, &throttle, &commits).await;
+            w.deliver(record, lane, &run.stop, &run.throttle, &run.commits)
+                .await;
             drop(permit);
         });
     }
@@ -810,6 +783,21 @@ impl Worker {
             self.commit(record, "dead_letter", stop, commits).await;
         }
     }
+}
+
+/// What every export of a worker shares: the stop signal, the warning throttle
+/// and the committer's queue.
+#[derive(Clone)]
+struct Run {
+    stop: CancellationToken,
+    throttle: Arc<Throttle>,
+    commits: Commits,
+}
+
+/// What the backlog lane reads a range with, in its order.
+enum Range {
+    Up(Box<tracespool_storage::Reader>),
+    Down(tracespool_storage::NewestFirst),
 }
 
 /// A record whose end (delivery, dead letter) is in the ledger, waiting for its
