@@ -37,7 +37,7 @@ fn spans_of(
 }
 
 /// Waits for as many requests as `want` holds, then checks each SDK request
-/// arrived exactly once (by service and first span) and equal, field by field.
+/// arrived exactly once (by service and first span) and equal, bit for bit.
 async fn assert_each_arrived_once_and_equal(
     backend: &Backend,
     want: &[(String, ExportTraceServiceRequest)],
@@ -58,8 +58,10 @@ async fn assert_each_arrived_once_and_equal(
             .filter(|r| batch_of(&r.request) == batch_of(sdk))
             .collect();
         assert_eq!(got.len(), 1, "{what}: arrived {} times", got.len());
+        // Bit for bit: the encodings, not `==` (under which NaN differs from
+        // itself and −0.0 equals 0.0).
         assert!(
-            &got[0].request == sdk,
+            got[0].request.encode_to_vec() == sdk.encode_to_vec(),
             "{what}: what arrived is not what the SDK sent: {}",
             first_difference(&got[0].request, sdk)
         );
@@ -74,9 +76,9 @@ fn first_difference(got: &ExportTraceServiceRequest, want: &ExportTraceServiceRe
         }
         for (gs, ws) in g.scope_spans.iter().zip(&w.scope_spans) {
             for (a, b) in gs.spans.iter().zip(&ws.spans) {
-                if a != b {
+                if a.encode_to_vec() != b.encode_to_vec() {
                     for (x, y) in a.attributes.iter().zip(&b.attributes) {
-                        if x != y {
+                        if x.encode_to_vec() != y.encode_to_vec() {
                             return format!("span {:?} attribute {x:?}\nvs SDK: {y:?}", a.name);
                         }
                     }
@@ -258,6 +260,289 @@ async fn python_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encoding(
         "python: {} batches, {} spans, each equal to the SDK's encoding",
         want.len(),
         spans.len()
+    );
+    spool.terminate();
+}
+
+/// The spans of the Rust cells, made through the Rust SDK's API (a remote parent
+/// with a tracestate, every kind, links, events, an error status, more attributes
+/// than the limit so that counts are dropped) and collected as the SDK hands them
+/// to an exporter.
+mod rust_sdk {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use opentelemetry::trace::{
+        Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags,
+        TraceId, TraceState, Tracer as _, TracerProvider as _,
+    };
+    use opentelemetry::{Array, Context, InstrumentationScope, KeyValue, StringValue, Value};
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanProcessor};
+    use opentelemetry_sdk::Resource;
+
+    /// What the SDK gives its exporter at each span's end.
+    #[derive(Debug, Clone, Default)]
+    struct Collect(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanProcessor for Collect {
+        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &Context) {}
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().unwrap().push(span);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    /// Attributes past the per-span limit (dropped, and counted).
+    pub const MAX_ATTRIBUTES: u32 = 24;
+
+    /// The non-finite doubles: the protobuf exporters carry them; the JSON one
+    /// writes them as `null` (serde_json), not as the mapping's strings.
+    pub const NON_FINITE: [&str; 3] = ["double.nan", "double.inf", "double.neginf"];
+
+    /// `spans` spans of service `service`; `non_finite` adds NaN and ±∞ doubles.
+    pub fn spans(service: &str, spans: usize, non_finite: bool) -> (Resource, Vec<SpanData>) {
+        let resource = Resource::builder_empty()
+            .with_service_name(service.to_string())
+            .with_attributes([
+                KeyValue::new("res.unicode", "värde ✓ 日本"),
+                KeyValue::new("res.int", i64::MIN),
+            ])
+            .build();
+        let collect = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(collect.clone())
+            .with_resource(resource.clone())
+            .with_max_attributes_per_span(MAX_ATTRIBUTES)
+            .with_max_events_per_span(3)
+            .build();
+        let tracer = provider.tracer_with_scope(
+            InstrumentationScope::builder("tracespool-interop")
+                .with_version("1.2.3")
+                .with_schema_url("https://opentelemetry.io/schemas/1.30.0")
+                .with_attributes([KeyValue::new("scope.n", 7)])
+                .build(),
+        );
+        let mut rng = fastrand::Rng::with_seed(service.len() as u64 * 7919);
+        let mut double = move || loop {
+            let d = f64::from_bits(rng.u64(..));
+            if d.is_finite() {
+                return d;
+            }
+        };
+        let state = TraceState::from_key_value([("vendor", "v1"), ("other", "x:y")]).unwrap();
+        let kinds = [
+            SpanKind::Internal,
+            SpanKind::Server,
+            SpanKind::Client,
+            SpanKind::Producer,
+            SpanKind::Consumer,
+        ];
+        for i in 0..spans {
+            let parent = SpanContext::new(
+                TraceId::from((i as u128 + 1) << 64 | 0xabc),
+                SpanId::from_bytes((i as u64 + 1).to_be_bytes()),
+                TraceFlags::SAMPLED,
+                true,
+                state.clone(),
+            );
+            let cx = Context::new().with_remote_span_context(parent);
+            let linked = SpanContext::new(
+                TraceId::from(u128::MAX - i as u128),
+                SpanId::from_bytes([0xfe; 8]),
+                TraceFlags::default(),
+                true,
+                TraceState::from_key_value([("l", "1")]).unwrap(),
+            );
+            let mut attributes = vec![
+                KeyValue::new("unicode", "ü ✓ 日本語 — ß"),
+                KeyValue::new("empty", ""),
+                KeyValue::new("int.max", i64::MAX),
+                KeyValue::new("int.min", i64::MIN),
+                KeyValue::new("int.past53", (1i64 << 53) + 1),
+                KeyValue::new("int.neg53", -((1i64 << 53) - 1)),
+                KeyValue::new("double.tiny", 5e-324),
+                KeyValue::new("double.max", f64::MAX),
+                KeyValue::new("double.neg", -8.485828396444299e-16),
+                KeyValue::new("double.small", 1.5e-300),
+                KeyValue::new("double.negzero", -0.0),
+                KeyValue::new("double.random", double()),
+                KeyValue::new("double.random2", double()),
+                KeyValue::new("bool", i % 2 == 0),
+                KeyValue::new("arr.int", Value::Array(Array::I64(vec![1, -2, i64::MAX]))),
+                KeyValue::new(
+                    "arr.double",
+                    Value::Array(Array::F64(vec![0.1, double(), 1.5e-300])),
+                ),
+                KeyValue::new("arr.bool", Value::Array(Array::Bool(vec![true, false]))),
+                KeyValue::new(
+                    "arr.string",
+                    Value::Array(Array::String(vec![
+                        StringValue::from("a"),
+                        StringValue::from("日本"),
+                        StringValue::from(""),
+                    ])),
+                ),
+            ];
+            if non_finite {
+                attributes.extend([
+                    KeyValue::new("double.nan", f64::NAN),
+                    KeyValue::new("double.inf", f64::INFINITY),
+                    KeyValue::new("double.neginf", f64::NEG_INFINITY),
+                ]);
+            }
+            // Past the limit on every fourth span: dropped and counted.
+            if i % 4 == 0 {
+                attributes.extend(
+                    (0..MAX_ATTRIBUTES).map(|k| KeyValue::new(format!("extra.{k}"), k as i64)),
+                );
+            }
+            let mut span = tracer
+                .span_builder(format!("{service} span {i} ✓"))
+                .with_kind(kinds[i % kinds.len()].clone())
+                .with_attributes(attributes)
+                .with_links(vec![Link::new(
+                    linked,
+                    vec![KeyValue::new("l.s", "x"), KeyValue::new("l.n", -1)],
+                    0,
+                )])
+                .start_with_context(&tracer, &cx);
+            for e in 0..(i % 5) {
+                span.add_event(
+                    format!("event {e} ß"),
+                    vec![KeyValue::new("e.d", 1.5e-300), KeyValue::new("e.s", "ß")],
+                );
+            }
+            match i % 3 {
+                0 => span.set_status(Status::error(format!("fehlgeschlagen ✗ 失敗 {i}"))),
+                1 => span.set_status(Status::Ok),
+                _ => {}
+            }
+            span.end();
+        }
+        let collected = std::mem::take(&mut *collect.0.lock().unwrap());
+        (resource, collected)
+    }
+}
+
+/// Exports the Rust cell `cell`'s spans with the official exporter (`grpc`,
+/// `http-proto` or `http-json`), and returns the SDK's own encoding of them (the
+/// function the exporter itself encodes with).
+async fn rust_export(
+    spool: &Spool,
+    exporter: &str,
+    gzip: bool,
+    cell: &str,
+    non_finite: bool,
+) -> ExportTraceServiceRequest {
+    use opentelemetry_otlp::{
+        Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+    };
+    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+    use opentelemetry_sdk::trace::SpanExporter as _;
+
+    let (resource, spans) = rust_sdk::spans(cell, 30, non_finite);
+    let compression = gzip.then_some(opentelemetry_otlp::Compression::Gzip);
+    let built = if exporter == "grpc" {
+        let b = SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(spool.grpc_endpoint());
+        match compression {
+            Some(c) => b.with_compression(c).build(),
+            None => b.build(),
+        }
+    } else {
+        let protocol = match exporter {
+            "http-json" => Protocol::HttpJson,
+            _ => Protocol::HttpBinary,
+        };
+        let b = SpanExporter::builder()
+            .with_http()
+            .with_protocol(protocol)
+            .with_endpoint(spool.http_endpoint());
+        match compression {
+            Some(c) => b.with_compression(c).build(),
+            None => b.build(),
+        }
+    };
+    let mut client = built.unwrap_or_else(|e| panic!("{cell}: building the exporter: {e}"));
+    client.set_resource(&resource);
+    let sdk = ExportTraceServiceRequest {
+        resource_spans: group_spans_by_resource_and_scope(spans.clone(), &(&resource).into()),
+    };
+    client
+        .export(spans)
+        .await
+        .unwrap_or_else(|e| panic!("{cell}: the SDK's export failed: {e}"));
+    assert_eq!(spans_of(&sdk).count(), 30, "{cell}: the SDK's batch");
+    sdk
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(Kind::Grpc).await;
+    let mut spool = Spool::new(
+        dir.path(),
+        "",
+        &[Dest::new("b", &backend.endpoint(), "grpc")],
+    );
+    spool.start();
+    let mut want = Vec::new();
+    for exporter in ["grpc", "http-proto", "http-json"] {
+        for gzip in [false, true] {
+            let cell = format!("rust-{exporter}-{}", if gzip { "gzip" } else { "plain" });
+            // NaN and ±∞ where the encoding can carry them.
+            let sdk = rust_export(&spool, exporter, gzip, &cell, exporter != "http-json").await;
+            want.push((cell, sdk));
+        }
+    }
+    // The JSON exporter's quirk: NaN and ±∞ leave it as `null`; such a value
+    // arrives empty (an AnyValue without a value), and nothing else changes.
+    let mut quirk = rust_export(&spool, "http-json", false, "rust-json-non-finite", true).await;
+    let mut emptied = 0;
+    for s in quirk
+        .resource_spans
+        .iter_mut()
+        .flat_map(|rs| &mut rs.scope_spans)
+        .flat_map(|s| &mut s.spans)
+    {
+        for kv in &mut s.attributes {
+            if rust_sdk::NON_FINITE.contains(&kv.key.as_str()) {
+                kv.value = Some(Default::default());
+                emptied += 1;
+            }
+        }
+    }
+    assert_eq!(emptied, 30 * rust_sdk::NON_FINITE.len());
+    want.push(("rust-http-json non-finite".into(), quirk));
+    assert_each_arrived_once_and_equal(&backend, &want).await;
+
+    let all: Vec<_> = want.iter().flat_map(|(_, r)| spans_of(r)).collect();
+    assert!(
+        all.iter().any(|s| s.dropped_attributes_count > 0),
+        "no dropped attributes"
+    );
+    assert!(
+        all.iter().any(|s| s.dropped_events_count > 0),
+        "no dropped events"
+    );
+    assert!(all.iter().all(|s| s.trace_state == "vendor=v1,other=x:y"));
+    assert_eq!(
+        all.iter()
+            .map(|s| s.kind)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        5
+    );
+    println!(
+        "rust: {} cells of 30 spans, each equal to the SDK's encoding",
+        want.len() - 1
     );
     spool.terminate();
 }
