@@ -120,7 +120,7 @@ async fn javascript_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encod
             let endpoint = if exporter == "grpc" { &grpc } else { &http };
             let (node, endpoint) = (node.clone(), endpoint.clone());
             let sdk = tokio::task::spawn_blocking(move || {
-                support::node::send(&node, exporter, &endpoint, compression)
+                support::node::send(&node, exporter, &endpoint, compression, None)
             })
             .await
             .unwrap()
@@ -543,6 +543,128 @@ async fn rust_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encoding() 
     println!(
         "rust: {} cells of 30 spans, each equal to the SDK's encoding",
         want.len() - 1
+    );
+    spool.terminate();
+}
+
+/// The README's quirks, with the JavaScript SDK itself: what its exporters write
+/// for a whole double past 2^53, for NaN and ±∞, and for a lone surrogate, and
+/// what tracespool does with each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_sdk_quirks_are_handled_as_the_readme_says() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+    let name = "javascript_sdk_quirks_are_handled_as_the_readme_says";
+    let Some(node) = support::node::available(name) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(Kind::Grpc).await;
+    let mut spool = Spool::new(
+        dir.path(),
+        "",
+        &[Dest::new("b", &backend.endpoint(), "grpc")],
+    );
+    spool.start();
+    let (http, grpc) = (spool.http_endpoint(), spool.grpc_endpoint());
+    let mut sent = std::collections::BTreeMap::new();
+    for quirk in ["huge-double", "non-finite", "lone-surrogate"] {
+        for exporter in ["http-json", "http-proto", "grpc"] {
+            let endpoint = if exporter == "grpc" { &grpc } else { &http }.clone();
+            let node = node.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                support::node::send(&node, exporter, &endpoint, "none", Some(quirk))
+            })
+            .await
+            .unwrap()
+            .map(|pb| ExportTraceServiceRequest::decode(&pb[..]).unwrap());
+            sent.insert((quirk, exporter), r);
+        }
+    }
+    // What the SDK's encoders wrote: the one attribute's value.
+    let value = |quirk, exporter, key: &str| -> Option<Value> {
+        let r = sent[&(quirk, exporter)].as_ref().unwrap();
+        spans_of(r)
+            .next()?
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)?
+            .value
+            .clone()?
+            .value
+    };
+    let refusal = |quirk, exporter| -> &str {
+        match &sent[&(quirk, exporter)] {
+            Err(e) => e,
+            Ok(_) => panic!("{quirk} over {exporter} was accepted"),
+        }
+    };
+    // 1e300 over JSON: written as "intValue": 1e+300, refused naming the path.
+    let e = refusal("huge-double", "http-json");
+    assert!(e.contains("(code 400)"), "{e}");
+    assert!(
+        e.contains(r#"attributes[\"huge.double\"].value.intValue: expected a 64-bit integer"#),
+        "{e}"
+    );
+    // ... over protobuf: a double, as given.
+    for exporter in ["http-proto", "grpc"] {
+        assert_eq!(
+            value("huge-double", exporter, "huge.double"),
+            Some(Value::DoubleValue(1e300)),
+            "{exporter}"
+        );
+    }
+    // A lone surrogate over JSON: written as \ud800, refused naming the key.
+    let e = refusal("lone-surrogate", "http-json");
+    assert!(
+        e.contains(r#"attributes[\"broken\"].value.stringValue: a \\u escape that is not a whole Unicode character"#),
+        "{e}"
+    );
+    // ... over protobuf: the SDK writes U+FFFD in its place (valid UTF-8).
+    for exporter in ["http-proto", "grpc"] {
+        assert_eq!(
+            value("lone-surrogate", exporter, "broken"),
+            Some(Value::StringValue("a\u{fffd}b".into())),
+            "{exporter}"
+        );
+    }
+    // NaN and ±∞ over protobuf: kept, bit for bit (checked below on arrival).
+    for exporter in ["http-proto", "grpc"] {
+        assert!(
+            matches!(value("non-finite", exporter, "d.nan"), Some(Value::DoubleValue(d)) if d.is_nan())
+        );
+        assert_eq!(
+            value("non-finite", exporter, "d.neginf"),
+            Some(Value::DoubleValue(f64::NEG_INFINITY))
+        );
+    }
+    // Everything accepted arrives once, equal to the SDK's encoding; over JSON the
+    // non-finite values (written as null) arrive without a value, nothing else
+    // changed.
+    let mut want = Vec::new();
+    for ((quirk, exporter), r) in &sent {
+        let Ok(r) = r else { continue };
+        let mut r = r.clone();
+        if *exporter == "http-json" {
+            for kv in r
+                .resource_spans
+                .iter_mut()
+                .flat_map(|rs| &mut rs.scope_spans)
+                .flat_map(|s| &mut s.spans)
+                .flat_map(|s| &mut s.attributes)
+            {
+                kv.value = Some(Default::default());
+            }
+        }
+        want.push((format!("{quirk} over {exporter}"), r));
+    }
+    assert_eq!(want.len(), 7, "two refusals of nine");
+    assert_each_arrived_once_and_equal(&backend, &want).await;
+    assert_eq!(
+        spool
+            .metric(r#"tracespool_receiver_requests_total{protocol="http/json",outcome="invalid"}"#)
+            .await,
+        2.0
     );
     spool.terminate();
 }

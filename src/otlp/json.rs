@@ -194,9 +194,12 @@ fn explain(body: &[u8], e: &serde_path_to_error::Error<serde_json::Error>) -> St
 /// key-value lists) named by their key when the document can be read that far.
 fn otlp_path(body: &[u8], path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
-    // The document as a tree, to look the keys up (not there when the error is
-    // in the JSON syntax itself: then elements go by index).
-    let doc: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    // The document as a tree, to look the keys up: as it is, or with its lone
+    // surrogates mended (the one syntax error a client's JSON.stringify makes);
+    // when it cannot be read, elements go by index.
+    let doc: Option<serde_json::Value> = serde_json::from_slice(body)
+        .ok()
+        .or_else(|| serde_json::from_slice(&mend_lone_surrogates(body)?).ok());
     let mut at = doc.as_ref();
     let mut out = String::new();
     let mut last_key = "";
@@ -236,6 +239,42 @@ fn otlp_path(body: &[u8], path: &serde_path_to_error::Path) -> String {
         }
     }
     out
+}
+
+/// `body` with each `\u` escape of a lone UTF-16 surrogate written as `\ufffd`
+/// (a pair stays), or `None` when it has none. Only to name the keys on the path
+/// of a refusal: what is stored is never mended.
+fn mend_lone_surrogates(body: &[u8]) -> Option<Vec<u8>> {
+    /// The code unit of a `\uXXXX` escape at `at` (which holds the backslash).
+    fn unit(body: &[u8], at: usize) -> Option<u16> {
+        let hex = body.get(at + 2..at + 6)?;
+        (body.get(at + 1) == Some(&b'u'))
+            .then(|| u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok())
+            .flatten()
+    }
+    let is_high = |u: u16| (0xD800..0xDC00).contains(&u);
+    let is_low = |u: u16| (0xDC00..0xE000).contains(&u);
+    let mut out = body.to_vec();
+    let mut mended = false;
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match unit(body, i) {
+            Some(u) if is_high(u) && unit(body, i + 6).is_some_and(is_low) => i += 12,
+            Some(u) if is_high(u) || is_low(u) => {
+                out[i + 2..i + 6].copy_from_slice(b"fffd");
+                mended = true;
+                i += 6;
+            }
+            // Another escape (`\\` among them): two bytes, or six for `\u`.
+            Some(_) => i += 6,
+            None => i += 2,
+        }
+    }
+    mended.then_some(out)
 }
 
 /// What is wrong, in words (serde's messages name our types, not the mapping's).
@@ -384,6 +423,34 @@ mod tests {
             e.starts_with("invalid OTLP JSON: resourceSpans[0].scopeSpans[0].spans[0].name: a \\u escape that is not a whole Unicode character"),
             "{e}"
         );
+        // In an attribute, behind a surrogate pair and an escaped backslash: the
+        // attribute by its key (the document read again, lone surrogates mended).
+        let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[
+            {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"\ud83d\ude00 \\ud800",
+             "attributes":[{"key":"ok \ud83d\ude00","value":{"stringValue":"\\udc00"}},
+                           {"key":"broken","value":{"stringValue":"a\ud800b"}}]}]}]}]}"#;
+        let e = json_to_protobuf(body).unwrap_err();
+        assert!(
+            e.starts_with("invalid OTLP JSON: resourceSpans[0].scopeSpans[0].spans[0].attributes[\"broken\"].value.stringValue: a \\u escape that is not a whole Unicode character"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_lone_surrogates_are_mended_for_naming_keys() {
+        let mend =
+            |s: &str| mend_lone_surrogates(s.as_bytes()).map(|b| String::from_utf8(b).unwrap());
+        assert_eq!(mend(r#""\ud83d\ude00 \\ud800 \n""#), None);
+        assert_eq!(mend(r#""a\ud800b""#).as_deref(), Some(r#""a\ufffdb""#));
+        assert_eq!(
+            mend(r#""\udc00\ud800""#).as_deref(),
+            Some(r#""\ufffd\ufffd""#)
+        );
+        assert_eq!(
+            mend(r#""\ud800\ud800\udc00""#).as_deref(),
+            Some(r#""\ufffd\ud800\udc00""#)
+        );
+        assert_eq!(mend(r#""\ud8"#), None);
     }
 
     #[test]

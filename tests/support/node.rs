@@ -67,22 +67,26 @@ pub fn available(test: &str) -> Option<PathBuf> {
     }
 }
 
-/// Runs `send.mjs` with one exporter; returns the SDK's own protobuf encoding of
-/// the spans it sent (the exporter reported success), or its error output.
+/// Runs `send.mjs` with one exporter (and a quirk: one span with that value, see
+/// `send.mjs`); returns the SDK's own protobuf encoding of the spans it sent (the
+/// exporter reported success), or its error output.
 pub fn send(
     dir: &Path,
     exporter: &str,
     endpoint: &str,
     compression: &str,
+    quirk: Option<&str>,
 ) -> Result<Vec<u8>, String> {
-    let out_file = dir.join(format!("sdk-{exporter}-{compression}.pb"));
+    let name = format!("{exporter}-{compression}-{}", quirk.unwrap_or("all"));
+    let out_file = dir.join(format!("sdk-{name}.pb"));
     super::run(
         Command::new("node")
             .arg(dir.join("send.mjs"))
             .args([exporter, endpoint, compression])
             .arg(&out_file)
+            .args(quirk)
             .current_dir(dir),
-        &format!("node send.mjs {exporter} {compression}"),
+        &format!("node send.mjs {name}"),
     )?;
     std::fs::read(&out_file).map_err(|e| format!("{}: {e}", out_file.display()))
 }

@@ -2,7 +2,10 @@
 // named on the command line, and writes the SDK's own protobuf encoding of the same
 // spans (otlp-transformer's ProtobufTraceSerializer) to compare with what arrives.
 //
-//   node send.mjs <http-json|http-proto|grpc> <endpoint> <none|gzip> <out.pb>
+//   node send.mjs <http-json|http-proto|grpc> <endpoint> <none|gzip> <out.pb> [quirk]
+//
+// With a quirk (huge-double, non-finite, lone-surrogate), one span with that value
+// only: the values the SDK's encoders write in their own way (the README's quirks).
 //
 // The spans use every attribute type the SDK takes (strings with unicode, integers
 // up to ±(2^53−1), doubles at full precision and at the small extremes, booleans,
@@ -10,12 +13,21 @@
 // unicode messages, and attribute limits that make dropped counts non-zero.
 // Exit 0 once the exporter reports success; 1 with the error otherwise.
 import { writeFileSync } from 'node:fs';
-import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { TracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { trace, context, SpanKind, SpanStatusCode, TraceFlags, createTraceState } from '@opentelemetry/api';
 import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
 
-const [kind, endpoint, compression, out] = process.argv.slice(2);
+const [kind, endpoint, compression, out, quirk] = process.argv.slice(2);
+const quirks = {
+  'huge-double': { 'huge.double': 1e300 },
+  'non-finite': { 'd.nan': NaN, 'd.inf': Infinity, 'd.neginf': -Infinity },
+  'lone-surrogate': { 'broken': 'a\ud800b' },
+};
+if (quirk && !quirks[quirk]) {
+  console.error(`unknown quirk ${quirk}`);
+  process.exit(2);
+}
 const exporters = {
   'http-json': async () => new (await import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter({ url: endpoint, compression }),
   'http-proto': async () => new (await import('@opentelemetry/exporter-trace-otlp-proto')).OTLPTraceExporter({ url: endpoint, compression }),
@@ -27,9 +39,9 @@ if (!exporters[kind]) {
 }
 
 const memory = new InMemorySpanExporter();
-const provider = new BasicTracerProvider({
-  resource: resourceFromAttributes({ 'service.name': `interop-${kind}-${compression}`, 'host.kind': 'edge', 'ünïcödé.key': 'värde ✓' }),
-  spanProcessors: [new SimpleSpanProcessor(memory)],
+const provider = new TracerProvider({
+  resource: resourceFromAttributes({ 'service.name': `interop-${kind}-${compression}${quirk ? `-${quirk}` : ''}`, 'host.kind': 'edge', 'ünïcödé.key': 'värde ✓' }),
+  spanProcessors: [new SimpleSpanProcessor({ exporter: memory })],
   spanLimits: { attributeCountLimit: 24, eventCountLimit: 3, linkCountLimit: 2 },
 });
 const tracer = provider.getTracer('tracespool.interop', '1.2.3');
@@ -44,8 +56,8 @@ const parent = trace.setSpanContext(context.active(), {
   isRemote: true,
 });
 let previous;
-for (let i = 0; i < 40; i++) {
-  const attributes = {
+for (let i = 0; i < (quirk ? 1 : 40); i++) {
+  const attributes = quirk ? { ...quirks[quirk] } : {
     'str': `välue ${i} — 日本語 ✓`,
     'int.max': 9007199254740991,
     'int.min': -9007199254740991,
@@ -60,7 +72,7 @@ for (let i = 0; i < 40; i++) {
     'empty': '',
   };
   // Past the attribute limit on some spans: dropped counts.
-  if (i % 7 === 0) {
+  if (!quirk && i % 7 === 0) {
     for (let k = 0; k < 30; k++) attributes[`extra.${k}`] = k;
   }
   const links = previous ? [{ context: previous.spanContext(), attributes: { 'link.n': i, 'link.d': doubles[i % doubles.length] } }] : [];
@@ -73,6 +85,8 @@ for (let i = 0; i < 40; i++) {
   span.end();
   previous = span;
 }
+// The simple processor hands spans over asynchronously (SDK 2.12).
+await provider.forceFlush();
 const spans = memory.getFinishedSpans();
 writeFileSync(out, ProtobufTraceSerializer.serializeRequest(spans));
 const exporter = await exporters[kind]();
@@ -80,7 +94,9 @@ exporter.export(spans, (result) => {
   if (result.code === 0) {
     exporter.shutdown().then(() => process.exit(0));
   } else {
-    console.error(`export failed: ${result.error}`);
+    // The error and what the receiver answered (status, body).
+    const e = result.error ?? {};
+    console.error(`export failed: ${e} (code ${e.code}) ${e.data ?? ''}`);
     process.exit(1);
   }
 });
