@@ -41,12 +41,7 @@ async fn a_known_flow_shows_exactly_in_the_metrics_and_the_audit() {
     backend.set_mode(Mode::Unavailable);
     // Batch 4 (seq 5) will be refused for good once the backend is back.
     backend.poison("flow 4.1");
-    let mut spool = Spool::new(
-        dir.path(),
-        "",
-        &[Dest::new("b", &backend.endpoint(), "grpc")],
-    );
-    spool.start();
+    let mut spool = Spool::started_to(dir.path(), &backend);
     let g = spool.grpc_endpoint();
     let h = spool.http_endpoint();
     let pb = [("content-type", "application/x-protobuf")];

@@ -236,12 +236,7 @@ async fn wrong_method_and_path_are_refused() {
 async fn empty_requests_are_answered_success_counted_and_not_stored() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start(Kind::Grpc).await;
-    let mut spool = Spool::new(
-        dir.path(),
-        "",
-        &[Dest::new("b", &backend.endpoint(), "grpc")],
-    );
-    spool.start();
+    let mut spool = Spool::started_to(dir.path(), &backend);
     let url = format!("http://{}/v1/traces", spool.http);
     let json = [("content-type", "application/json")];
     let pb = [("content-type", "application/x-protobuf")];

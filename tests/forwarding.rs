@@ -71,12 +71,7 @@ async fn auth_failures_are_retried_loudly_until_the_credentials_work() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start(Kind::Grpc).await;
     backend.set_mode(Mode::Unauthenticated);
-    let mut spool = Spool::new(
-        dir.path(),
-        "",
-        &[Dest::new("b", &backend.endpoint(), "grpc")],
-    );
-    spool.start();
+    let spool = Spool::started_to(dir.path(), &backend);
     for b in 0..3 {
         send(&spool, "auth", b, None).await;
     }
@@ -100,12 +95,7 @@ async fn partial_success_is_logged_with_the_rejected_count() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start(Kind::Grpc).await;
     backend.set_mode(Mode::PartialReject(2));
-    let mut spool = Spool::new(
-        dir.path(),
-        "",
-        &[Dest::new("b", &backend.endpoint(), "grpc")],
-    );
-    spool.start();
+    let spool = Spool::started_to(dir.path(), &backend);
     send(&spool, "partial", 0, None).await;
     assert!(
         support::eventually(Duration::from_secs(20), || !lines_with(
@@ -130,12 +120,7 @@ async fn export_keys_stay_the_same_across_retries_and_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let mut backend = Backend::start(Kind::Grpc).await;
     backend.set_mode(Mode::Unavailable);
-    let mut spool = Spool::new(
-        dir.path(),
-        "",
-        &[Dest::new("b", &backend.endpoint(), "grpc")],
-    );
-    spool.start();
+    let mut spool = Spool::started_to(dir.path(), &backend);
     let instance = spool.instance_id();
     send(&spool, "keys", 0, None).await;
     send(&spool, "keys", 1, None).await;
@@ -172,12 +157,7 @@ async fn export_keys_stay_the_same_across_retries_and_a_kill() {
 async fn a_keyed_batch_is_stored_once_however_often_it_is_sent_even_across_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start(Kind::Grpc).await;
-    let mut spool = Spool::new(
-        dir.path(),
-        "",
-        &[Dest::new("b", &backend.endpoint(), "grpc")],
-    );
-    spool.start();
+    let mut spool = Spool::started_to(dir.path(), &backend);
     let (body, _) = raw::request("dedup", 0, 3);
     for _ in 0..3 {
         raw::grpc_export(&spool.grpc_endpoint(), body.clone(), Some("batch-a"))

@@ -13,7 +13,7 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use support::backend::{Backend, Kind};
-use support::spool::{Dest, Spool};
+use support::spool::Spool;
 
 /// The `service.name` of a request's first resource.
 fn service(r: &ExportTraceServiceRequest) -> String {
@@ -98,6 +98,28 @@ fn first_difference(got: &ExportTraceServiceRequest, want: &ExportTraceServiceRe
     "resource spans differ in number".into()
 }
 
+/// Sends with the JavaScript SDK's `exporter` (`send.mjs`) to `spool`; the SDK's
+/// own encoding of what it sent, or the exporter's error.
+async fn js_send(
+    node: &std::path::Path,
+    spool: &Spool,
+    exporter: &'static str,
+    compression: &'static str,
+    quirk: Option<&'static str>,
+) -> Result<ExportTraceServiceRequest, String> {
+    let endpoint = match exporter {
+        "grpc" => spool.grpc_endpoint(),
+        _ => spool.http_endpoint(),
+    };
+    let node = node.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        support::node::send(&node, exporter, &endpoint, compression, quirk)
+    })
+    .await
+    .unwrap()
+    .map(|pb| ExportTraceServiceRequest::decode(&pb[..]).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encoding() {
     let name = "javascript_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encoding";
@@ -106,26 +128,13 @@ async fn javascript_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encod
     };
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start(Kind::Grpc).await;
-    let mut spool = Spool::new(
-        dir.path(),
-        "",
-        &[Dest::new("b", &backend.endpoint(), "grpc")],
-    );
-    spool.start();
-    let http = format!("http://{}/v1/traces", spool.http);
-    let grpc = spool.grpc_endpoint();
+    let mut spool = Spool::started_to(dir.path(), &backend);
     let mut cells = Vec::new();
     for exporter in ["http-json", "http-proto", "grpc"] {
         for compression in ["none", "gzip"] {
-            let endpoint = if exporter == "grpc" { &grpc } else { &http };
-            let (node, endpoint) = (node.clone(), endpoint.clone());
-            let sdk = tokio::task::spawn_blocking(move || {
-                support::node::send(&node, exporter, &endpoint, compression, None)
-            })
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("the SDK's export failed: {e}"));
-            let sdk = ExportTraceServiceRequest::decode(&sdk[..]).unwrap();
+            let sdk = js_send(&node, &spool, exporter, compression, None)
+                .await
+                .unwrap_or_else(|e| panic!("the SDK's export failed: {e}"));
             cells.push((exporter, compression, sdk));
         }
     }
@@ -176,12 +185,7 @@ fn batch_of(r: &ExportTraceServiceRequest) -> (String, Vec<u8>) {
 async fn python_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encoding() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start(Kind::Grpc).await;
-    let mut spool = Spool::new(
-        dir.path(),
-        "",
-        &[Dest::new("b", &backend.endpoint(), "grpc")],
-    );
-    spool.start();
+    let mut spool = Spool::started_to(dir.path(), &backend);
     // Every attribute type the Python SDK takes, at the edges.
     let extras = dir.path().join("attributes.json");
     std::fs::write(
@@ -487,12 +491,7 @@ async fn rust_export(
 async fn rust_sdk_exporters_deliver_every_span_equal_to_the_sdks_own_encoding() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start(Kind::Grpc).await;
-    let mut spool = Spool::new(
-        dir.path(),
-        "",
-        &[Dest::new("b", &backend.endpoint(), "grpc")],
-    );
-    spool.start();
+    let mut spool = Spool::started_to(dir.path(), &backend);
     let mut want = Vec::new();
     for exporter in ["grpc", "http-proto", "http-json"] {
         for gzip in [false, true] {
@@ -560,24 +559,11 @@ async fn javascript_sdk_quirks_are_handled_as_the_readme_says() {
     };
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start(Kind::Grpc).await;
-    let mut spool = Spool::new(
-        dir.path(),
-        "",
-        &[Dest::new("b", &backend.endpoint(), "grpc")],
-    );
-    spool.start();
-    let (http, grpc) = (spool.http_endpoint(), spool.grpc_endpoint());
+    let mut spool = Spool::started_to(dir.path(), &backend);
     let mut sent = std::collections::BTreeMap::new();
     for quirk in ["huge-double", "non-finite", "lone-surrogate"] {
         for exporter in ["http-json", "http-proto", "grpc"] {
-            let endpoint = if exporter == "grpc" { &grpc } else { &http }.clone();
-            let node = node.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                support::node::send(&node, exporter, &endpoint, "none", Some(quirk))
-            })
-            .await
-            .unwrap()
-            .map(|pb| ExportTraceServiceRequest::decode(&pb[..]).unwrap());
+            let r = js_send(&node, &spool, exporter, "none", Some(quirk)).await;
             sent.insert((quirk, exporter), r);
         }
     }

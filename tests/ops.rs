@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::backend::{Backend, Kind};
-use support::spool::{Dest, Spool};
+use support::spool::Spool;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -68,12 +68,7 @@ fn exported(exposition: &str) -> BTreeSet<String> {
 async fn every_metric_in_the_dashboard_and_the_alerts_is_exported() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Backend::start(Kind::Grpc).await;
-    let mut spool = Spool::new(
-        dir.path(),
-        "",
-        &[Dest::new("b", &backend.endpoint(), "grpc")],
-    );
-    spool.start();
+    let spool = Spool::started_to(dir.path(), &backend);
     let exposition = spool.metrics().await;
     let have = exported(&exposition);
     // What the issue asks for, at least.

@@ -81,6 +81,13 @@ impl Spool {
         Self::with_data(root, &root.join("data"), storage, dests)
     }
 
+    /// A started spool in `root` with one destination, `b`: `backend` over gRPC.
+    pub fn started_to(root: &Path, backend: &super::backend::Backend) -> Self {
+        let mut spool = Self::new(root, "", &[Dest::new("b", &backend.endpoint(), "grpc")]);
+        spool.start();
+        spool
+    }
+
     /// A spool whose config and log are in `root` and whose data directory is
     /// `data` (on a fault filesystem, say); not started.
     pub fn with_data(root: &Path, data: &Path, storage: &str, dests: &[Dest]) -> Self {
