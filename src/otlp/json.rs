@@ -1,10 +1,10 @@
 //! OTLP/JSON: converted once, on receipt, to the protobuf bytes the log stores.
 //!
-//! The JSON mapping (OTLP specification, "JSON Protobuf Encoding") — hex trace and
-//! span ids in either case, enums as integers, 64-bit integers as strings or numbers,
-//! lowerCamelCase keys, unknown keys ignored — is implemented by the
-//! `opentelemetry-proto` crate's serde support; this module adds the checks and the
-//! error messages.
+//! The JSON mapping (OTLP specification, "JSON Protobuf Encoding", on the proto3
+//! JSON mapping) is read by [`super::json_reader`], all of it: hex ids in either
+//! case, integers and doubles as numbers or strings, enums as numbers or names,
+//! either spelling of keys, `null` and absent fields as defaults, unknown keys
+//! ignored. This module adds the checks and the error messages.
 //!
 //! **Doubles are exact.** serde_json is built with `float_roundtrip`: every
 //! finite double an SDK writes (the shortest text that reads back as it) is read
@@ -17,168 +17,23 @@
 //! wrong with it in words, never with the value itself (the message goes back to
 //! the client and into the audit ledger, which must not hold payload data).
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
+use super::json_reader::Read;
 use super::wire::{inspect_trace_request, Summary};
 
 /// Converts an OTLP/JSON trace request to protobuf bytes and counts its spans.
 pub fn json_to_protobuf(body: &[u8]) -> Result<(Vec<u8>, Summary), String> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = serde_path_to_error::deserialize(&mut de)
-        .map_err(|e| format!("invalid OTLP JSON: {}", explain(body, &e)))
-        .and_then(|req: ExportTraceServiceRequest| {
-            de.end()
-                .map_err(|e| format!("invalid OTLP JSON: {}", describe(&e)))?;
-            Ok(req)
-        });
-    let req = match parsed {
-        Ok(req) => req,
-        // Read again only if spelled-out doubles were in the way; then its own
-        // error (past them) is the one that counts.
-        Err(e) => non_finite::read(body).unwrap_or(Err(e))?,
-    };
-    let bytes = req.encode_to_vec();
+    let read: Read = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| format!("invalid OTLP JSON: {}", explain(body, &e)))?;
+    de.end()
+        .map_err(|e| format!("invalid OTLP JSON: {}", describe(&e)))?;
+    let bytes = read.0.encode_to_vec();
     // The same checks as a protobuf request (id lengths, for instance).
     let summary =
         inspect_trace_request(&bytes).map_err(|e| format!("invalid OTLP JSON: {}", e.what))?;
     Ok((bytes, summary))
-}
-
-/// The proto3 JSON mapping spells non-finite doubles as strings (`"NaN"`,
-/// `"Infinity"`, `"-Infinity"`, as Go's protojson and the Collector write them);
-/// the crate's AnyValue reader takes numbers only. A request that failed for that
-/// is read again with each such value replaced by a sentinel double the document
-/// does not hold anywhere else, and the sentinels put back as NaN and ±∞.
-mod non_finite {
-    use std::collections::HashSet;
-
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
-    use serde_json::Value as J;
-
-    const SPELLED: [(&str, f64); 3] = [
-        ("NaN", f64::NAN),
-        ("Infinity", f64::INFINITY),
-        ("-Infinity", f64::NEG_INFINITY),
-    ];
-
-    /// `None` when the document spells no double out; else the request read with
-    /// them, or what else is wrong with it.
-    pub fn read(body: &[u8]) -> Option<Result<ExportTraceServiceRequest, String>> {
-        if memchr::memmem::find(body, b"NaN").is_none()
-            && memchr::memmem::find(body, b"Infinity").is_none()
-        {
-            return None;
-        }
-        let mut doc: J = serde_json::from_slice(body).ok()?;
-        let mut present = HashSet::new();
-        numbers(&doc, &mut present);
-        // Three subnormals the document does not hold.
-        let mut sentinels = [0u64; 3];
-        let mut candidate = 0x000f_ade0_0000_0001u64;
-        for s in &mut sentinels {
-            while present.contains(&candidate) {
-                candidate += 1;
-            }
-            *s = candidate;
-            candidate += 1;
-        }
-        if !replace(&mut doc, &sentinels) {
-            return None;
-        }
-        let mut req: ExportTraceServiceRequest = match serde_path_to_error::deserialize(doc) {
-            Ok(r) => r,
-            Err(e) => {
-                return Some(Err(format!(
-                    "invalid OTLP JSON: {}",
-                    super::explain(body, &e)
-                )))
-            }
-        };
-        for rs in &mut req.resource_spans {
-            if let Some(r) = rs.resource.as_mut() {
-                restore_all(&mut r.attributes, &sentinels);
-            }
-            for ss in &mut rs.scope_spans {
-                if let Some(sc) = ss.scope.as_mut() {
-                    restore_all(&mut sc.attributes, &sentinels);
-                }
-                for span in &mut ss.spans {
-                    restore_all(&mut span.attributes, &sentinels);
-                    for e in &mut span.events {
-                        restore_all(&mut e.attributes, &sentinels);
-                    }
-                    for l in &mut span.links {
-                        restore_all(&mut l.attributes, &sentinels);
-                    }
-                }
-            }
-        }
-        Some(Ok(req))
-    }
-
-    /// The bit patterns of every number in the document.
-    fn numbers(v: &J, out: &mut HashSet<u64>) {
-        match v {
-            J::Number(n) => {
-                if let Some(f) = n.as_f64() {
-                    out.insert(f.to_bits());
-                }
-            }
-            J::Array(a) => a.iter().for_each(|v| numbers(v, out)),
-            J::Object(o) => o.values().for_each(|v| numbers(v, out)),
-            _ => {}
-        }
-    }
-
-    /// Puts a sentinel in for every spelled-out `doubleValue`; whether there was one.
-    fn replace(v: &mut J, sentinels: &[u64; 3]) -> bool {
-        match v {
-            J::Array(a) => a
-                .iter_mut()
-                .fold(false, |any, v| replace(v, sentinels) | any),
-            J::Object(o) => {
-                let mut any = false;
-                if let Some(d) = o.get_mut("doubleValue") {
-                    let spelled = d
-                        .as_str()
-                        .and_then(|s| SPELLED.iter().position(|(w, _)| *w == s));
-                    if let Some(i) = spelled {
-                        let n = serde_json::Number::from_f64(f64::from_bits(sentinels[i]));
-                        if let Some(n) = n {
-                            *d = J::Number(n);
-                            any = true;
-                        }
-                    }
-                }
-                o.values_mut()
-                    .fold(any, |any, v| replace(v, sentinels) | any)
-            }
-            _ => false,
-        }
-    }
-
-    fn restore_all(kvs: &mut [KeyValue], sentinels: &[u64; 3]) {
-        for kv in kvs {
-            if let Some(v) = kv.value.as_mut() {
-                restore(v, sentinels);
-            }
-        }
-    }
-
-    fn restore(v: &mut AnyValue, sentinels: &[u64; 3]) {
-        match v.value.as_mut() {
-            Some(Value::DoubleValue(d)) => {
-                if let Some(i) = sentinels.iter().position(|s| *s == d.to_bits()) {
-                    *d = SPELLED[i].1;
-                }
-            }
-            Some(Value::ArrayValue(a)) => a.values.iter_mut().for_each(|v| restore(v, sentinels)),
-            Some(Value::KvlistValue(l)) => restore_all(&mut l.values, sentinels),
-            _ => {}
-        }
-    }
 }
 
 /// `<path>: <what is wrong>`, for a value that does not fit the mapping.
@@ -231,13 +86,6 @@ fn otlp_path(body: &[u8], path: &serde_path_to_error::Path) -> String {
             Segment::Unknown => out.push_str(".?"),
         }
     }
-    // The crate's AnyValue reader is one step: name the field that failed.
-    if out.ends_with(".value") {
-        if let Some(field) = at.and_then(|v| v.as_object()).and_then(|o| o.keys().next()) {
-            out.push('.');
-            out.push_str(field);
-        }
-    }
     out
 }
 
@@ -277,22 +125,16 @@ fn mend_lone_surrogates(body: &[u8]) -> Option<Vec<u8>> {
     mended.then_some(out)
 }
 
-/// What is wrong, in words (serde's messages name our types, not the mapping's).
+/// What is wrong, in words (the reader's own messages say what was expected; a
+/// broken escape is the JSON parser's, and gets a word on where it comes from).
 fn reason(e: &serde_json::Error) -> String {
     let msg = describe(e);
-    // (No position when the document was read again as a tree.)
-    let at = match e.line() {
-        0 => String::new(),
-        line => format!(" (at line {line} column {})", e.column()),
-    };
-    if msg.contains("untagged enum StringOrInt") {
-        format!("expected a 64-bit integer, as a JSON number or a string of decimal digits{at}")
-    } else if msg.contains("surrogate") || msg.contains("hex escape") {
+    if msg.contains("surrogate") || msg.contains("hex escape") {
         format!(
-            "a \\u escape that is not a whole Unicode character (a lone UTF-16 surrogate such as \\ud800, which JavaScript's JSON.stringify writes for a broken string); OTLP strings must be valid Unicode{at}"
+            "a \\u escape that is not a whole Unicode character (a lone UTF-16 surrogate such as \\ud800, which JavaScript's JSON.stringify writes for a broken string); OTLP strings must be valid Unicode (at line {} column {})",
+            e.line(),
+            e.column()
         )
-    } else if msg.contains("invalid digit found in string") || msg.contains("number too large") {
-        format!("expected a 64-bit integer, got a string that is not one{at}")
     } else {
         msg
     }
@@ -331,6 +173,7 @@ mod roundtrip;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
     const EXAMPLE: &str = include_str!("../../tests/data/otlp/trace.json");
 
@@ -490,8 +333,8 @@ mod tests {
     #[test]
     fn non_finite_doubles_spelled_as_the_mapping_spells_them_are_read() {
         use opentelemetry_proto::tonic::common::v1::any_value::Value;
-        // The first sentinel candidate is also in the document as a real value:
-        // it stays as it is.
+        // A subnormal beside them stays as it is (the earlier reader put
+        // sentinels like it in their place).
         let sentinel = f64::from_bits(0x000f_ade0_0000_0001);
         let body = format!(
             r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"s",
@@ -544,6 +387,142 @@ mod tests {
         // Other spellings are still refused, with the path.
         let e = json_to_protobuf(body.replace("\"NaN\"", "\"nan\"").as_bytes()).unwrap_err();
         assert!(e.contains("attributes[\"nan\"].value.doubleValue"), "{e}");
+    }
+
+    #[test]
+    fn the_whole_proto3_json_mapping_is_read() {
+        use opentelemetry_proto::tonic::common::v1::{any_value::Value, ArrayValue, KeyValueList};
+        // What Go's protojson and hand-written clients write, all of it allowed by
+        // the mapping: empty lists left out, nulls, a missing key, snake_case keys,
+        // enums by name, 32-bit counts and doubles as strings, URL-safe base64.
+        let body = br#"{"resource_spans":[{"resource":null,"scope_spans":[{"scope":{"name":null},"spans":[{
+            "trace_id":"5B8EFFF798038103D269B633813FC60C","spanId":"eee19b7ec3c1b174","parentSpanId":null,
+            "name":"s","kind":"SPAN_KIND_SERVER","trace_state":"a=b","start_time_unix_nano":1.5e18,
+            "droppedAttributesCount":"3","dropped_events_count":4,"flags":"257","links":null,
+            "status":{"code":"STATUS_CODE_ERROR","message":null},
+            "attributes":[{"key":"arr","value":{"arrayValue":{}}},{"key":"kv","value":{"kvlistValue":{}}},
+                          {"value":{"stringValue":"no key"}},{"key":"d","value":{"doubleValue":"-1.5e-3"}},
+                          {"key":"one","value":{"doubleValue":1}},{"key":"b64","value":{"bytesValue":"-_8"}},
+                          {"key":"b64std","value":{"bytes_value":"+/8="}},{"key":"none","value":{"stringValue":null}},
+                          {"key":"big","value":{"int_value":"-9223372036854775808"}}],
+            "events":[{"name":"e","attributes":null}]}]}]}]}"#;
+        let (bytes, summary) = json_to_protobuf(body).unwrap();
+        assert_eq!(summary.spans, 1);
+        let req = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
+        let rs = &req.resource_spans[0];
+        assert_eq!(rs.resource, None);
+        assert_eq!(rs.scope_spans[0].scope.as_ref().unwrap().name, "");
+        let span = &rs.scope_spans[0].spans[0];
+        assert_eq!(span.trace_id, hex("5B8EFFF798038103D269B633813FC60C"));
+        assert!(span.parent_span_id.is_empty() && span.links.is_empty());
+        assert_eq!((span.kind, span.trace_state.as_str()), (2, "a=b"));
+        assert_eq!(span.start_time_unix_nano, 1_500_000_000_000_000_000);
+        assert_eq!(
+            (
+                span.dropped_attributes_count,
+                span.dropped_events_count,
+                span.flags
+            ),
+            (3, 4, 257)
+        );
+        let status = span.status.as_ref().unwrap();
+        assert_eq!((status.code, status.message.as_str()), (2, ""));
+        let values: Vec<_> = span
+            .attributes
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key.as_str(),
+                    kv.value.as_ref().and_then(|v| v.value.clone()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            values,
+            [
+                (
+                    "arr",
+                    Some(Value::ArrayValue(ArrayValue { values: vec![] }))
+                ),
+                (
+                    "kv",
+                    Some(Value::KvlistValue(KeyValueList { values: vec![] }))
+                ),
+                ("", Some(Value::StringValue("no key".into()))),
+                ("d", Some(Value::DoubleValue(-1.5e-3))),
+                ("one", Some(Value::DoubleValue(1.0))),
+                ("b64", Some(Value::BytesValue(vec![0xfb, 0xff]))),
+                ("b64std", Some(Value::BytesValue(vec![0xfb, 0xff]))),
+                ("none", None),
+                ("big", Some(Value::IntValue(i64::MIN))),
+            ]
+        );
+        assert_eq!(span.events[0].name, "e");
+    }
+
+    #[test]
+    fn values_the_mapping_does_not_allow_are_refused_with_what_was_expected() {
+        let span = |extra: &str| {
+            format!(
+                r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"s"{extra}}}]}}]}}]}}"#
+            )
+        };
+        for (extra, path, expected) in [
+            (
+                r#","kind":"SERVER""#,
+                "spans[0].kind",
+                "not the name of a span kind",
+            ),
+            (
+                r#","status":{"code":"ERROR"}"#,
+                "spans[0].status.code",
+                "not the name of a status code",
+            ),
+            (
+                r#","droppedAttributesCount":4294967296"#,
+                "spans[0].droppedAttributesCount",
+                "expected an unsigned 32-bit integer",
+            ),
+            (
+                r#","droppedAttributesCount":-1"#,
+                "spans[0].droppedAttributesCount",
+                "expected an unsigned 32-bit integer",
+            ),
+            (
+                r#","startTimeUnixNano":"1.5""#,
+                "spans[0].startTimeUnixNano",
+                "expected an unsigned 64-bit integer",
+            ),
+            (
+                r#","attributes":[{"key":"i","value":{"intValue":"9223372036854775808"}}]"#,
+                r#"attributes["i"].value.intValue"#,
+                "expected a 64-bit integer",
+            ),
+            (
+                r#","attributes":[{"key":"i","value":{"intValue":""}}]"#,
+                r#"attributes["i"].value.intValue"#,
+                "expected a 64-bit integer",
+            ),
+            (
+                r#","attributes":[{"key":"d","value":{"doubleValue":"inf"}}]"#,
+                r#"attributes["d"].value.doubleValue"#,
+                "expected a double",
+            ),
+            (
+                r#","attributes":[{"key":"b","value":{"bytesValue":"not base64!"}}]"#,
+                r#"attributes["b"].value.bytesValue"#,
+                "expected base64",
+            ),
+            (
+                r#","attributes":[{"key":"two","value":{"stringValue":"a","intValue":1}}]"#,
+                r#"attributes["two"].value"#,
+                "more than one value in an AnyValue",
+            ),
+            (r#","traceState":7"#, "spans[0].traceState", "invalid type"),
+        ] {
+            let e = json_to_protobuf(span(extra).as_bytes()).unwrap_err();
+            assert!(e.contains(&format!("{path}: {expected}")), "{extra}: {e}");
+        }
     }
 
     #[test]

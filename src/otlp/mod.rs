@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod json;
+mod json_reader;
 pub mod wire;
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
