@@ -416,26 +416,14 @@ impl<'de> Visitor<'de> for &Int {
     }
 }
 
-const INT64: Int = Int {
-    what: "a 64-bit integer",
-    min: i64::MIN as i128,
-    max: i64::MAX as i128,
-};
-const UINT64: Int = Int {
-    what: "an unsigned 64-bit integer",
-    min: 0,
-    max: u64::MAX as i128,
-};
-const INT32: Int = Int {
-    what: "a 32-bit integer",
-    min: i32::MIN as i128,
-    max: i32::MAX as i128,
-};
-const UINT32: Int = Int {
-    what: "an unsigned 32-bit integer",
-    min: 0,
-    max: u32::MAX as i128,
-};
+const fn int(what: &'static str, min: i128, max: i128) -> Int {
+    Int { what, min, max }
+}
+
+const INT64: Int = int("a 64-bit integer", i64::MIN as i128, i64::MAX as i128);
+const UINT64: Int = int("an unsigned 64-bit integer", 0, u64::MAX as i128);
+const INT32: Int = int("a 32-bit integer", i32::MIN as i128, i32::MAX as i128);
+const UINT32: Int = int("an unsigned 32-bit integer", 0, u32::MAX as i128);
 
 fn integer<'de, D: Deserializer<'de>>(de: D, int: &Int) -> Result<i128, D::Error> {
     Ok(de.deserialize_option(int)?.unwrap_or(0))
